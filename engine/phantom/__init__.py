@@ -1,0 +1,1 @@
+"""petcohort.engine.phantom"""

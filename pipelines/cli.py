@@ -1,0 +1,247 @@
+"""The ``petcohort`` command (typer). Each command parses its options once and
+hands them to one function in ``pipelines/``; heavy imports stay lazy so
+``petcohort --help`` is instant."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from petcohort.engine.errors import PetCohortError
+
+app = typer.Typer(
+    name="petcohort",
+    help="Cohort analytics for longitudinal whole-body FDG PET/CT (synthetic cohort, SUV/SUL, "
+    "SULpeak/TLG/PBI/PLI, evaluation, response, PERCIST, report, dashboard).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger("petcohort")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(exc: PetCohortError, code: int = 2) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code)
+
+
+def _overrides(weight: Optional[float], height: Optional[float], sex: Optional[str],
+               dose: Optional[float], injection_time: Optional[str]) -> dict:
+    out = {"weight_kg": weight, "height_m": height, "sex": sex, "dose_bq": dose,
+           "injection_datetime": injection_time}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="Output: the cohort store (store), or a folder (dicom/nifti)."),
+    patients: int = typer.Option(12, "--patients", help="Number of patients."),
+    sites: int = typer.Option(2, "--sites", help="Number of sites (1-2; each has two scanners)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same bytes."),
+    fmt: str = typer.Option("store", "--format", help="store | dicom | nifti"),
+    voxel_mm: Optional[float] = typer.Option(None, "--voxel-mm",
+                                             help="Force an isotropic PET voxel size (mm) for every scanner."),
+    fov_scale: float = typer.Option(1.0, "--fov-scale", help="Scale of the body (1 = adult whole body)."),
+) -> None:
+    """Generate a deterministic synthetic multi-site longitudinal PET/CT cohort."""
+    _setup_logging()
+    from petcohort.pipelines.synthetic import synthesize
+
+    try:
+        summary = synthesize(out, patients=patients, sites=sites, seed=seed, fmt=fmt,
+                             voxel_mm=voxel_mm, fov_scale=fov_scale)
+    except PetCohortError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def ingest(
+    src: Path = typer.Argument(..., help="A DICOM tree, NIfTI/autoPET folder."),
+    store: str = typer.Option(..., "--store", help="Cohort store path or URL (created if missing)."),
+    weight: Optional[float] = typer.Option(None, "--weight", help="Override patient weight (kg)."),
+    height: Optional[float] = typer.Option(None, "--height", help="Override patient height (m)."),
+    sex: Optional[str] = typer.Option(None, "--sex", help="Override patient sex (F/M/O)."),
+    dose: Optional[float] = typer.Option(None, "--dose", help="Override injected dose (Bq)."),
+    injection_time: Optional[str] = typer.Option(None, "--injection-time",
+                                                 help="Override injection date-time (ISO 8601)."),
+) -> None:
+    """Ingest DICOM PET/CT or NIfTI studies into a cohort store; bad studies are recorded, others go on."""
+    _setup_logging()
+    from petcohort.pipelines.ingest import ingest_tree
+
+    try:
+        report = ingest_tree(src, store, overrides=_overrides(weight, height, sex, dose, injection_time))
+    except PetCohortError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(report, indent=2, default=str))
+    if report.get("failed"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def suv(
+    dicom_dir: Path = typer.Argument(..., help="Folder holding one PET series."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    weight: Optional[float] = typer.Option(None, "--weight", help="Override patient weight (kg)."),
+    height: Optional[float] = typer.Option(None, "--height", help="Override patient height (m)."),
+    sex: Optional[str] = typer.Option(None, "--sex", help="Override patient sex (F/M/O)."),
+    dose: Optional[float] = typer.Option(None, "--dose", help="Override injected dose (Bq)."),
+    injection_time: Optional[str] = typer.Option(None, "--injection-time",
+                                                 help="Override injection date-time (ISO 8601)."),
+    always_backcompute: bool = typer.Option(False, "--always-backcompute",
+                                            help="Reference time from the frame (rule 3) first."),
+    lbm: str = typer.Option("janmahasatian", "--lbm", help="janmahasatian | james"),
+) -> None:
+    """SUVbw and SUL factors of a PET DICOM series, with provenance (METHODS.md)."""
+    from petcohort.pipelines.ingest import suv_report
+
+    report = suv_report(dicom_dir, overrides=_overrides(weight, height, sex, dose, injection_time),
+                        always_backcompute=always_backcompute, lbm=lbm)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        for k, v in report.items():
+            typer.echo(f"{k}: {v}")
+    if report.get("reason"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def quantify(
+    pet: str = typer.Option(..., "--pet", help="Image: NIfTI file, or STORE::STUDY_KEY."),
+    mask: str = typer.Option(..., "--mask", help="Mask: NIfTI file, or STORE::STUDY_KEY::seg/SOURCE."),
+    radius_mm: float = typer.Option(6.2035, "--radius-mm", help="SULpeak sphere radius (mm)."),
+    connectivity: int = typer.Option(26, "--connectivity", help="6, 18 or 26."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Biomarkers of one image and mask: per-study values and a per-lesion table."""
+    from petcohort.pipelines.quantify_cli import quantify_files, render_text
+
+    try:
+        result = quantify_files(pet, mask, radius_mm=radius_mm, connectivity=connectivity)
+    except PetCohortError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result, indent=2, default=str) if as_json else render_text(result))
+
+
+@app.command()
+def run(
+    store: str = typer.Option(..., "--store", help="Cohort store path or URL."),
+    cluster: Optional[Path] = typer.Option(None, "--cluster", help="cluster.yaml (default: ./cluster.yaml)."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages (default: all)."),
+    force: bool = typer.Option(False, "--force", help="Redo committed work."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write results.zarr and tables/ here."),
+) -> None:
+    """Run every stage over the cohort (resumable), then the cohort statistics."""
+    _setup_logging()
+    from petcohort.pipelines.run import run_cohort
+
+    try:
+        summary = run_cohort(store, cluster_file=cluster,
+                             stages=stages.split(",") if stages else None, force=force, out=out)
+    except PetCohortError as exc:
+        _fail(exc)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def manifest(
+    store: str = typer.Option(..., "--store", help="Cohort store path or URL."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Print the manifest: status of every study x stage, with reason codes."""
+    from petcohort.storage.manifest import manifest_frame
+    from petcohort.storage.store import CohortStore
+
+    try:
+        frame = manifest_frame(CohortStore.open(store, mode="r"))
+    except PetCohortError as exc:
+        _fail(exc)
+    typer.echo(frame.to_json(orient="records") if as_json else frame.to_string())
+
+
+@app.command()
+def tables(
+    store: str = typer.Option(..., "--store", help="Cohort store path or URL."),
+    out: Path = typer.Option(..., "--out", help="Output folder (results.zarr, tables/)."),
+) -> None:
+    """Gather per-study results into results.zarr and the cohort tables."""
+    _setup_logging()
+    from petcohort.pipelines.tables import build_outputs
+    from petcohort.storage.store import CohortStore
+
+    try:
+        build_outputs(CohortStore.open(store, mode="r"), out)
+    except PetCohortError as exc:
+        _fail(exc)
+
+
+@app.command()
+def report(
+    store: str = typer.Option(..., "--store", help="Cohort store path or URL."),
+    out: Path = typer.Option(..., "--out", help="Output folder (report.html)."),
+) -> None:
+    """Write the self-contained HTML cohort report (paper Figures 3-6, Tables 1-2)."""
+    _setup_logging()
+    from petcohort.pipelines.report import write_report
+
+    try:
+        path = write_report(store, out)
+    except PetCohortError as exc:
+        _fail(exc)
+    typer.echo(str(path))
+
+
+@app.command()
+def dashboard(
+    store: str = typer.Option(..., "--store", help="Cohort store path or URL."),
+    port: int = typer.Option(5007, "--port", help="Port on 127.0.0.1."),
+) -> None:
+    """Serve the live monitoring dashboard on 127.0.0.1."""
+    _setup_logging()
+    from petcohort.pipelines.dashboard import serve
+
+    try:
+        serve(store, port=port)
+    except PetCohortError as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-output"), "--out", help="Output folder."),
+    patients: int = typer.Option(12, "--patients", help="Synthetic patients."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    cluster: Optional[Path] = typer.Option(None, "--cluster", help="cluster.yaml (default: ./cluster.yaml)."),
+) -> None:
+    """Synthetic cohort -> whole pipeline -> tables and report in OUT."""
+    _setup_logging()
+    from petcohort.pipelines.demo import run_demo
+
+    try:
+        run_demo(out, patients=patients, seed=seed, cluster_file=cluster)
+    except PetCohortError as exc:
+        _fail(exc)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
