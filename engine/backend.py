@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["get_namespace", "is_cupy", "to_numpy", "to_device", "gpu_available", "ndimage"]
+__all__ = ["get_namespace", "is_cupy", "to_numpy", "to_device", "gpu_available", "ndimage", "raw_kernel"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,3 +86,15 @@ def gpu_available() -> bool:
         return cp.cuda.runtime.getDeviceCount() > 0
     except Exception:
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def raw_kernel(source: str, name: str) -> Any:
+    """Compiled ``cupy.RawKernel`` ``name`` from CUDA ``source`` (cached per process).
+
+    Kernels keep their CUDA source; only this module touches cupy.
+    """
+    cp = _cupy()
+    if cp is None:
+        raise RuntimeError("a CUDA kernel was asked for but cupy is not installed")
+    return cp.RawKernel(source, name)

@@ -1,0 +1,31 @@
+# petcohort: two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp-install
+
+.PHONY: venv demo test test-fast bench clean
+
+venv: $(STAMP)
+
+# Idempotent: re-installs only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/petcohort demo --out demo-output
+
+test: venv
+	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+bench: venv
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf demo-output test-output .pytest_cache .hypothesis

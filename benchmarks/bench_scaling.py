@@ -1,0 +1,185 @@
+"""Cohort engine at scale: strong scaling, worker memory, scheduler overhead, cost per study.
+
+Run: ``python benchmarks/bench_scaling.py`` (about 1-3 min on 2 cores;
+``--sizes 10,100`` for a quicker pass).
+
+1. Strong scaling: the same study-stages (``--force``) on a small synthetic
+   cohort with 1 and then 2 worker processes; efficiency = t1 / (2 * t2).
+   Work: the registered ``organs``, ``threshold`` and ``quantify`` stages
+   when they exist, else this file's ``bench_peak`` stage (threshold,
+   scipy labelling and a SULpeak-like sphere mean per lesion); the output
+   says which.
+2. Worker memory: peak RSS growth of each worker during the 2-worker run
+   (``ru_maxrss`` after minus RSS before, warm workers) relative to the
+   bytes of one study's ``pet`` + ``ct``.
+3. Scheduler overhead: 1 - (sum of task seconds in the records) / (wall x
+   workers) for the 2-worker run.
+4. Cost per study at 10, 100, 1000 studies of tiny (4 x 8 x 8) volumes and a
+   trivial stage: store writing (add_study + write_arrays), run planning
+   (graph construction and input hashing), the manifest (``stage_records``)
+   and a whole run on 2 workers.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.ndimage as ndi
+from _harness import report
+
+from petcohort.pipelines.config import RunConfig
+from petcohort.pipelines.run import plan_run, run_cohort
+from petcohort.pipelines.stages import STAGES, StageContext, StageOutput, load_stages, register_stage
+from petcohort.storage.store import CohortStore
+
+REAL = ["organs", "threshold", "quantify"]
+
+
+def bench_peak(ctx: StageContext) -> StageOutput:
+    """Fallback work: lesions above SUV 2.5, and per lesion the max of a ~1 ml sphere mean."""
+    pet = ctx.store.read_array(ctx.key, "pet")
+    labels, n = ndi.label(pet >= 2.5, structure=np.ones((3, 3, 3)))
+    sz, sy, sx = ctx.spacing
+    r = 6.2035
+    zz, yy, xx = np.ogrid[-3:4, -3:4, -3:4]
+    ball = ((zz * sz) ** 2 + (yy * sy) ** 2 + (xx * sx) ** 2) <= r * r
+    mean = ndi.correlate(pet.astype(np.float64), ball / ball.sum(), mode="constant")
+    peaks = ndi.maximum(mean, labels, np.arange(1, n + 1)) if n else []
+    return StageOutput(summary={"lesions": int(n), "peak": float(np.max(peaks)) if n else None})
+
+
+def bench_tiny(ctx: StageContext) -> StageOutput:
+    """Trivial stage: the per-task cost of the engine itself."""
+    return StageOutput(summary={"max": float(ctx.store.read_array(ctx.key, "pet").max())})
+
+
+def _cluster(n: int):
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, memory_limit=None)
+    return cluster, Client(cluster, set_as_default=False)
+
+
+def _rss() -> dict:
+    import psutil
+
+    return {"rss": psutil.Process().memory_info().rss, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _warm(client, names: list[str]) -> None:
+    client.run(load_stages)  # imports the stage modules (and their kernels) once per worker
+
+
+def strong_scaling(tmp: Path, patients: int) -> None:
+    from petcohort.pipelines.synthetic import synthesize
+
+    load_stages()
+    if all(s in STAGES for s in REAL):
+        names, work = REAL, "registered stages organs+threshold+quantify"
+    else:
+        register_stage("bench_peak")(bench_peak)
+        names, work = ["bench_peak"], "fallback bench_peak stage (quantify stage not registered)"
+    url = str(tmp / "cohort")
+    synthesize(url, patients=patients, sites=1, seed=0, fov_scale=0.6)
+    store = CohortStore.open(url, mode="r")
+    key = store.study_keys()[0]
+    study_bytes = sum(store.read_array(key, a).nbytes for a in ("pet", "ct") if store.has_array(key, a))
+    times, mem, busy = {}, {}, {}
+    for n in (1, 2):
+        cluster, client = _cluster(n)
+        try:
+            _warm(client, names)
+            run_cohort(url, stages=names, client=client)  # untimed: fills caches, first commits
+            before = client.run(_rss)
+            t0 = time.perf_counter()
+            s = run_cohort(url, stages=names, client=client, force=True)
+            times[n] = time.perf_counter() - t0
+            after = client.run(_rss)
+            mem[n] = {w: after[w]["maxrss"] - before[w]["rss"] for w in after}
+            recs = CohortStore.open(url, mode="r").stage_records()
+            busy[n] = sum(r["seconds"] or 0.0 for r in recs.values() if r.get("run") == s.token)
+            if s.failed:
+                print(f"note: {len(s.failed)} study-stages failed: {sorted(set(r for *_, r in s.failed))}")
+        finally:
+            client.close()
+            cluster.close()
+    t1, t2 = times[1], times[2]
+    report("scaling_strong_1v2_workers", "2 workers", t2, "1 worker", t1,
+           {"efficiency": t1 / (2 * t2), "work": work, "stages": names, "studies": len(store.study_keys()),
+            "study_bytes_pet_ct": study_bytes})
+    peaks = list(mem[2].values())
+    print(f"work: {work}")
+    print(f"per-worker peak RSS growth: {[f'{p / 2**20:.0f} MiB' for p in peaks]} = "
+          f"{[round(p / study_bytes, 2) for p in peaks]} x one study's pet+ct ({study_bytes / 2**20:.1f} MiB)")
+    report("scaling_scheduler_overhead", "wall x 2 workers", t2 * 2, "sum of task seconds", busy[2],
+           {"overhead_share": 1 - busy[2] / (t2 * 2), "worker_peak_rss_growth_bytes": peaks,
+            "worker_peak_over_study_bytes": [p / study_bytes for p in peaks]})
+
+
+def per_study_costs(tmp: Path, sizes: list[int]) -> None:
+    register_stage("bench_tiny")(bench_tiny)
+    cluster, client = _cluster(2)
+    costs: dict[int, dict[str, float]] = {}
+    try:
+        for n in sizes:
+            url = str(tmp / f"tiny{n}")
+            rng = np.random.default_rng(n)
+            t0 = time.perf_counter()
+            store = CohortStore.create(url)
+            for i in range(n):
+                patient = f"P-{i // 2:010x}"
+                key = f"{patient}-T{i % 2}"
+                store.add_study(key, {"patient": patient, "timepoint": i % 2, "spacing": [4.0, 4.0, 4.0]})
+                store.write_arrays(key, {"pet": rng.random((4, 8, 8), dtype=np.float32)})
+            t_store = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            plan = plan_run(store, dict(STAGES), ["bench_tiny"], config=RunConfig(), force=False, token="bench")
+            t_plan = time.perf_counter() - t0
+            assert len(plan.jobs) == n
+            t0 = time.perf_counter()
+            s = run_cohort(url, stages=["bench_tiny"], client=client)
+            t_run = time.perf_counter() - t0
+            assert len(s.done) == n, s.failed[:3]
+            t0 = time.perf_counter()
+            recs = store.stage_records()
+            t_manifest = time.perf_counter() - t0
+            assert len(recs) == n
+            costs[n] = {"store": t_store / n, "plan": t_plan / n, "manifest": t_manifest / n, "run": t_run / n}
+            print(f"{n:5d} studies: per study store {costs[n]['store'] * 1e3:.2f} ms, plan "
+                  f"{costs[n]['plan'] * 1e3:.2f} ms, manifest {costs[n]['manifest'] * 1e3:.3f} ms, "
+                  f"run {costs[n]['run'] * 1e3:.2f} ms")
+            shutil.rmtree(url, ignore_errors=True)
+    finally:
+        client.close()
+        cluster.close()
+    lo, hi = min(sizes), max(sizes)
+    for what in ("store", "plan", "manifest", "run"):
+        report(f"scaling_per_study_{what}", f"{hi} studies (s/study)", costs[hi][what],
+               f"{lo} studies (s/study)", costs[lo][what], {"per_study_s": {n: c[what] for n, c in costs.items()}})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=3, help="synthetic patients for strong scaling")
+    parser.add_argument("--sizes", default="10,100,1000", help="study counts for the per-study costs")
+    parser.add_argument("--skip-strong", action="store_true", help="only the per-study costs")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
+    try:
+        if not args.skip_strong:
+            strong_scaling(tmp, args.patients)
+        per_study_costs(tmp, [int(s) for s in args.sizes.split(",")])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Per-lesion and per-study biomarkers of one image and lesion mask.
+
+Definitions: METHODS.md "Lesions and volumes" and "SULpeak". Lesions are the
+3-D connected components of the mask (connectivity 6/18/26, default 26).
+MTV = voxels x voxel volume (mL); TLG = MTV x SUVmean per lesion, summed per
+study; PBI / PLI = lesion volume inside the bone / liver mask divided by that
+mask's volume (None with a reason when the mask is missing, never 0).
+
+Units. ``image`` is SUVbw for PET (any scalar image works, e.g. CT in HU, and
+then every "suv*" value is in the image's unit). ``sulpeak`` is the global
+peak of the SUL image ``image * sul_per_suvbw``; because the neighbourhood mean
+is linear, it equals ``suvpeak * sul_per_suvbw`` and is computed that way.
+``local_peak`` is the IBSI local peak of ``image`` as given (SUVbw).
+
+Lesion ``organ`` is the majority of its voxels among bone / liver / other
+(neither mask); ties go to bone, then liver. Without organ masks every lesion
+is ``other``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from petcohort.engine import backend
+from petcohort.engine.errors import InputError
+from petcohort.engine.kernels._validate import (check_3d, check_connectivity, check_finite, check_positive,
+                                                 check_same_grid, check_spacing)
+from petcohort.engine.kernels.label import label
+from petcohort.engine.kernels.sulpeak import DEFAULT_RADIUS_MM, kernel_size, lesion_peaks_unchecked
+
+__all__ = ["Quantification", "quantify", "STUDY_KEYS", "LESION_KEYS"]
+
+STUDY_KEYS = ("lesion_count", "mtv_ml", "tlg", "suvmax", "suvmean", "sulpeak", "local_peak", "suvpeak",
+              "pbi", "pli", "dmax_mm", "kernel_voxels", "kernel_ml")
+LESION_KEYS = ("lesion", "voxels", "mtv_ml", "suvmax", "suvmean", "sulpeak", "suvpeak", "local_peak", "tlg",
+               "centroid_mm", "organ")
+
+
+@dataclass(frozen=True)
+class Quantification:
+    """Result of :func:`quantify`.
+
+    Attributes
+    ----------
+    study : dict
+        Keys :data:`STUDY_KEYS`, plus ``<key>_reason`` for every None value.
+    lesions : list of dict
+        One dict per lesion (keys :data:`LESION_KEYS`, plus ``sulpeak_reason``
+        when SUL is unavailable), in label order.
+    labels : (Z, Y, X) ndarray of int32
+        The lesion labels the dicts refer to (``lesion`` = label id).
+    """
+
+    study: dict[str, Any]
+    lesions: list[dict[str, Any]]
+    labels: Any
+
+
+def _organ(bone_n: int, liver_n: int, other_n: int) -> str:
+    # Majority vote; ties resolved in the order bone, liver, other.
+    counts = (("bone", bone_n), ("liver", liver_n), ("other", other_n))
+    return max(counts, key=lambda kv: kv[1])[0]
+
+
+def _index(mask: Any, name: str, lesion_voxels_in: int, reason_missing: str) -> tuple[float | None, str | None]:
+    if mask is None:
+        return None, reason_missing
+    total = int(np.count_nonzero(mask))
+    if total == 0:
+        return None, f"EMPTY_{name.upper()}_MASK"
+    return lesion_voxels_in / total, None
+
+
+def _dmax(centroids: np.ndarray) -> float:
+    """Largest distance between two centroids (mm); 0 for a single lesion."""
+    from scipy.spatial import ConvexHull, QhullError  # noqa: PLC0415
+    from scipy.spatial.distance import cdist  # noqa: PLC0415
+
+    if centroids.shape[0] < 2:
+        return 0.0
+    points = centroids
+    if points.shape[0] > 64:
+        # The farthest pair lies on the convex hull; this keeps threshold
+        # masks with thousands of components away from an O(N^2) matrix.
+        try:
+            points = centroids[ConvexHull(centroids).vertices]
+        except (QhullError, ValueError):  # coplanar/degenerate sets: all points
+            points = centroids
+    best = 0.0
+    for start in range(0, points.shape[0], 1024):  # bounded memory
+        best = max(best, float(cdist(points[start:start + 1024], points).max()))
+    return best
+
+
+def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: int = 26,
+             radius_mm: float = DEFAULT_RADIUS_MM, bone: Any = None, liver: Any = None,
+             sul_per_suvbw: float | None = None, origin: Sequence[float] | None = None) -> Quantification:
+    """Biomarkers of every lesion of ``mask`` on ``image``, and of the study.
+
+    Parameters
+    ----------
+    image : (Z, Y, X) ndarray, float, finite
+        SUVbw (or any scalar image; values are then in its unit).
+    mask : (Z, Y, X) ndarray, same grid; non-zero = lesion
+    spacing : (sz, sy, sx) mm
+    connectivity : {6, 18, 26}
+    radius_mm : float, mm
+        SULpeak sphere radius.
+    bone, liver : (Z, Y, X) ndarray or None
+        Organ masks on the same grid (non-zero = organ).
+    sul_per_suvbw : float or None
+        SUL / SUVbw (= LBM / W). None: ``sulpeak`` is None, reason ``SUL_UNAVAILABLE``.
+    origin : (oz, oy, ox) mm or None
+        Position of voxel (0, 0, 0); centroids are ``origin + index * spacing``
+        (``index * spacing`` when None).
+
+    Returns
+    -------
+    Quantification
+
+    Raises
+    ------
+    GridError ``GRID_MISMATCH``; InputError ``IMAGE_NOT_FINITE``, ``BAD_SPACING``,
+    ``BAD_CONNECTIVITY``, ``BAD_VALUE``.
+    """
+    check_3d(image, "image")
+    check_3d(mask, "mask")
+    check_same_grid(image, mask, names=("image", "mask"))
+    for name, organ in (("bone", bone), ("liver", liver)):
+        if organ is not None:
+            check_3d(organ, name)
+            check_same_grid(image, organ, names=("image", name))
+    sp = check_spacing(spacing)
+    connectivity = check_connectivity(connectivity)
+    radius_mm = check_positive(radius_mm, "radius_mm")
+    if sul_per_suvbw is not None:
+        sul_per_suvbw = check_positive(sul_per_suvbw, "sul_per_suvbw")
+    org = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64)
+    if org.shape != (3,) or not np.isfinite(org).all():
+        raise InputError("BAD_ORIGIN", f"origin must be three finite numbers (mm, z/y/x), got {origin!r}")
+    check_finite(image, "image")
+
+    labels, n = label(mask, connectivity=connectivity)
+    # Peaks run where the arrays live (GPU RawKernel for cupy input); the
+    # per-lesion statistics below are cheap box reductions done on the host.
+    peaks = lesion_peaks_unchecked(image, labels, n, spacing=sp, radius_mm=radius_mm)
+    image_h = backend.to_numpy(image)
+    labels_h = backend.to_numpy(labels)
+    bone_h = None if bone is None else backend.to_numpy(bone) != 0
+    liver_h = None if liver is None else backend.to_numpy(liver) != 0
+    kv, kml = kernel_size(sp, radius_mm)
+    voxel_ml = math.prod(sp) / 1000.0
+
+    import scipy.ndimage as ndi  # noqa: PLC0415
+
+    lesions: list[dict[str, Any]] = []
+    centroids = []
+    total_sum, total_n, in_bone, in_liver = 0.0, 0, 0, 0
+    for lab, sl in enumerate(ndi.find_objects(labels_h, max_label=n), start=1):
+        if sl is None:  # cannot happen with consecutive labels; kept for safety
+            continue
+        sel = labels_h[sl] == lab
+        values = image_h[sl][sel].astype(np.float64)
+        voxels = int(values.size)
+        vsum = float(values.sum())
+        idx = np.stack(np.nonzero(sel), axis=1) + np.array([s.start for s in sl])
+        centroid = org + idx.mean(axis=0) * np.asarray(sp)
+        nb = int(np.count_nonzero(bone_h[sl][sel])) if bone_h is not None else 0
+        nl = int(np.count_nonzero(liver_h[sl][sel])) if liver_h is not None else 0
+        n_other = voxels
+        if bone_h is not None or liver_h is not None:
+            either = np.zeros(voxels, bool)
+            if bone_h is not None:
+                either |= bone_h[sl][sel]
+            if liver_h is not None:
+                either |= liver_h[sl][sel]
+            n_other = voxels - int(np.count_nonzero(either))
+        pk = peaks[lab - 1]
+        mtv = voxels * voxel_ml
+        suvmean = vsum / voxels
+        lesion = {
+            "lesion": lab, "voxels": voxels, "mtv_ml": mtv, "suvmax": float(values.max()),
+            "suvmean": suvmean,
+            "sulpeak": None if sul_per_suvbw is None else pk.global_peak * sul_per_suvbw,
+            "suvpeak": pk.global_peak, "local_peak": pk.local_peak, "tlg": mtv * suvmean,
+            "centroid_mm": [float(c) for c in centroid], "organ": _organ(nb, nl, n_other),
+        }
+        if sul_per_suvbw is None:
+            lesion["sulpeak_reason"] = "SUL_UNAVAILABLE"
+        lesions.append(lesion)
+        centroids.append(centroid)
+        total_sum += vsum
+        total_n += voxels
+        in_bone += nb
+        in_liver += nl
+
+    study = _study(lesions, np.array(centroids).reshape(-1, 3), total_sum, total_n, voxel_ml, kv, kml,
+                   sul_per_suvbw)
+    for key, mask_h, voxels_in, missing in (("pbi", bone_h, in_bone, "NO_BONE_MASK"),
+                                            ("pli", liver_h, in_liver, "NO_LIVER_MASK")):
+        value, reason = _index(mask_h, "bone" if key == "pbi" else "liver", voxels_in, missing)
+        study[key] = value
+        if reason:
+            study[f"{key}_reason"] = reason
+    return Quantification(study=study, lesions=lesions, labels=labels)
+
+
+def _study(lesions: list[dict[str, Any]], centroids: np.ndarray, total_sum: float, total_n: int,
+           voxel_ml: float, kv: int, kml: float, sul_per_suvbw: float | None) -> dict[str, Any]:
+    study: dict[str, Any] = {"lesion_count": len(lesions), "mtv_ml": total_n * voxel_ml,
+                             "tlg": float(sum(les["tlg"] for les in lesions)),
+                             "kernel_voxels": kv, "kernel_ml": kml}
+    if not lesions:
+        for key in ("suvmax", "suvmean", "suvpeak", "local_peak", "dmax_mm"):
+            study[key] = None
+            study[f"{key}_reason"] = "EMPTY_MASK"
+        study["sulpeak"] = None
+        study["sulpeak_reason"] = "SUL_UNAVAILABLE" if sul_per_suvbw is None else "EMPTY_MASK"
+        return study
+    study["suvmax"] = max(les["suvmax"] for les in lesions)
+    study["suvmean"] = total_sum / total_n
+    study["suvpeak"] = max(les["suvpeak"] for les in lesions)
+    # IBSI local peak of the whole mask: at the hottest voxel of the study
+    # (ties across lesions: the highest neighbourhood mean).
+    study["local_peak"] = max(les["local_peak"] for les in lesions if les["suvmax"] == study["suvmax"])
+    if sul_per_suvbw is None:
+        study["sulpeak"] = None
+        study["sulpeak_reason"] = "SUL_UNAVAILABLE"
+    else:
+        study["sulpeak"] = max(les["sulpeak"] for les in lesions)
+    study["dmax_mm"] = _dmax(centroids)
+    return study

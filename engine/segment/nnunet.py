@@ -1,0 +1,389 @@
+"""nnU-Net v2 inference adapter: one trained model folder, one study at a time, in-process.
+
+The only module of petcohort that imports ``nnunetv2`` (lazily, inside the
+worker). A *model folder* is nnU-Net's trained-model output folder
+(``<results>/DatasetXXX_Name/<Trainer>__<Plans>__<configuration>``) holding
+``dataset.json``, ``plans.json`` and ``fold_<k>/<checkpoint>``; it is given by
+path, so no ``nnUNet_raw/preprocessed/results`` variables are needed (nnU-Net
+2.8 reads them lazily and only for training and planning).
+
+Why not ``nnUNetPredictor.initialize_from_trained_model_folder``: it looks the
+trainer class up by name by importing every trainer module of nnunetv2
+(including the Primus/EVA ones that need ``timm``, which we do not install);
+the network is instead built here from the plans with the base trainer's
+``build_network_architecture`` (the same builder every trainer that does not
+override the architecture uses) and handed to ``manual_initialization``.
+Predictions go through ``predict_single_npy_array`` (no process pools: it
+preprocesses in the calling thread), so the adapter is safe inside Dask workers.
+The loaded predictor is cached per process, keyed by folder, folds, device
+and checkpoint.
+
+Sources: nnU-Net v2 ``nnunetv2/inference/predict_from_raw_data.py`` and
+``documentation/how_to_use_nnunet.md`` ("Run inference" / Python API).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from petcohort.engine.errors import InputError, SegmentationError
+
+__all__ = ["ModelInfo", "NnUNetModel", "read_model_info", "get_model", "predict", "clear_cache", "default_device",
+           "TrainPlan", "nnunet_paths", "plan_and_preprocess", "train_fold"]
+
+log = logging.getLogger(__name__)
+
+_CACHE: dict[tuple, "NnUNetModel"] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a trained nnU-Net model folder holds (read from its JSON files)."""
+
+    folder: str
+    channel_names: tuple[str, ...]          # in channel order ("0", "1", ...)
+    labels: dict[str, int]
+    folds: tuple[str, ...]                  # folds with the requested checkpoint, e.g. ("0", "1")
+    configuration: str | None
+    normalization: tuple[str, ...] | None   # per channel, from the plans (e.g. "ZScoreNormalization")
+
+
+def _load_json(path: str, what: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise SegmentationError("MODEL_INCOMPLETE", f"model folder lacks {what}: {path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise SegmentationError("MODEL_INCOMPLETE", f"{path} is not valid JSON: {exc}") from None
+
+
+def read_model_info(folder: str | os.PathLike, *, checkpoint: str = "checkpoint_final.pth") -> ModelInfo:
+    """Check a trained model folder and read its channels, labels and folds.
+
+    Raises
+    ------
+    SegmentationError
+        ``MODEL_INCOMPLETE`` when the folder, ``dataset.json``, ``plans.json``
+        or every ``fold_<k>/<checkpoint>`` is missing.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise SegmentationError("MODEL_INCOMPLETE", f"model folder {folder!r} does not exist")
+    ds = _load_json(os.path.join(folder, "dataset.json"), "dataset.json")
+    plans = _load_json(os.path.join(folder, "plans.json"), "plans.json")
+    names = ds.get("channel_names", ds.get("modality"))
+    if not isinstance(names, dict) or not names:
+        raise SegmentationError("MODEL_INCOMPLETE", f"{folder}/dataset.json has no channel_names")
+    channel_names = tuple(str(names[k]) for k in sorted(names, key=int))
+    folds = tuple(sorted((d[len("fold_"):] for d in os.listdir(folder)
+                          if d.startswith("fold_") and os.path.isfile(os.path.join(folder, d, checkpoint))),
+                         key=lambda f: (not f.isdigit(), f)))
+    if not folds:
+        raise SegmentationError("MODEL_INCOMPLETE", f"model folder {folder!r} has no fold_<k>/{checkpoint}")
+    config = os.path.basename(os.path.normpath(folder)).split("__")[-1] or None
+    norm = plans.get("configurations", {}).get(config, {}).get("normalization_schemes") if config else None
+    return ModelInfo(folder=folder, channel_names=channel_names, labels=dict(ds.get("labels", {})), folds=folds,
+                     configuration=config, normalization=tuple(norm) if norm else None)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SegmentationError("DEVICE_UNAVAILABLE", "device='cuda' requested but torch sees no CUDA device")
+        return torch.device("cuda")
+    raise InputError("BAD_PARAMETER", f"device must be 'cpu' or 'cuda', got {name!r}")
+
+
+def default_device() -> str:
+    """``"cuda"`` when torch sees a CUDA device, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class NnUNetModel:
+    """A loaded fold ensemble of one model folder (use :func:`get_model` to share it per process)."""
+
+    def __init__(self, folder: str | os.PathLike, *, folds: Sequence[int | str] | None = None,
+                 device: str = "cpu", checkpoint: str = "checkpoint_final.pth") -> None:
+        self.info = read_model_info(folder, checkpoint=checkpoint)
+        wanted = self.info.folds if folds is None else tuple(str(f) for f in folds)
+        missing = [f for f in wanted if f not in self.info.folds]
+        if missing or not wanted:
+            raise SegmentationError("MODEL_INCOMPLETE", f"folds {list(wanted)} requested, but {self.info.folder} has "
+                                                        f"{checkpoint} only for folds {list(self.info.folds)}")
+        self.folds = wanted
+        self.device = device
+        self._lock = threading.Lock()  # one prediction at a time: the network's weights are swapped per fold
+        self._predictor = self._load(checkpoint)
+
+    def _load(self, checkpoint: str):
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        dev = _device(self.device)
+        folder = self.info.folder
+        ds = _load_json(os.path.join(folder, "dataset.json"), "dataset.json")
+        plans_manager = PlansManager(_load_json(os.path.join(folder, "plans.json"), "plans.json"))
+        params, first = [], None
+        for f in self.folds:
+            path = os.path.join(folder, f"fold_{f}", checkpoint)
+            try:
+                # nnU-Net checkpoints hold plain Python objects next to the tensors, so
+                # weights_only=False as nnU-Net itself loads them: only load folders you trust.
+                ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as exc:  # torch raises many types for a truncated/corrupt file
+                raise SegmentationError("MODEL_INCOMPLETE", f"cannot read checkpoint {path}: {exc}") from None
+            if first is None:
+                first = ckpt
+            params.append(ckpt["network_weights"])
+        configuration = first["init_args"]["configuration"]
+        cm = plans_manager.get_configuration(configuration)
+        n_in = determine_num_input_channels(plans_manager, cm, ds)
+        n_out = plans_manager.get_label_manager(ds).num_segmentation_heads
+        network = nnUNetTrainer.build_network_architecture(plans_manager, cm, n_in, n_out,
+                                                           enable_deep_supervision=False)
+        network.load_state_dict(params[0])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):  # nnU-Net prints a note when the device is the CPU
+            predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                        perform_everything_on_device=dev.type == "cuda", device=dev,
+                                        verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+            predictor.manual_initialization(network, plans_manager, cm, params, ds, first["trainer_name"],
+                                            first.get("inference_allowed_mirroring_axes"))
+        if out.getvalue().strip():
+            log.debug("nnU-Net: %s", out.getvalue().strip())
+        log.info("loaded nnU-Net model (%s, folds %s, %s)", configuration, ",".join(self.folds), self.device)
+        return predictor
+
+    def check_channels(self, count: int, names: Sequence[str] | None = None) -> None:
+        """Raise ``MODEL_CHANNELS_MISMATCH`` unless ``count``/``names`` match dataset.json's channel_names."""
+        expected = list(self.info.channel_names)
+        given = list(names) if names is not None else None
+        if count != len(expected) or (given is not None and [g.lower() for g in given] != [e.lower()
+                                                                                         for e in expected]):
+            raise SegmentationError(
+                "MODEL_CHANNELS_MISMATCH",
+                f"model {self.info.folder} expects {len(expected)} channels {expected} (dataset.json channel_names), "
+                f"got {count} channels" + (f" {given}" if given is not None else ""))
+
+    def predict(self, channels: Sequence[np.ndarray], spacing: Sequence[float], *,
+                channel_names: Sequence[str] | None = None, tta: bool = True, tile_step: float = 0.5) -> np.ndarray:
+        """Segment one study.
+
+        Parameters
+        ----------
+        channels : list of (Z, Y, X) ndarray  in the order of the model's ``channel_names``
+            (e.g. PET SUVbw clipped, CT HU); all on one grid
+        spacing : (3,) floats  voxel size (mm) in array order [sz, sy, sx]
+        channel_names : list of str, optional  names of the given channels, checked against dataset.json
+        tta : bool  mirroring test-time augmentation (nnU-Net default on)
+        tile_step : float in (0, 1]  sliding-window step as a fraction of the patch size
+
+        Returns
+        -------
+        (Z, Y, X) ndarray of uint8  label map (0 background, 1 lesion for a binary model)
+        """
+        self.check_channels(len(channels), channel_names)
+        shapes = {np.shape(c) for c in channels}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+            raise InputError("GRID_MISMATCH", f"channels must be (Z, Y, X) arrays of one shape, got {sorted(shapes)}")
+        spacing = [float(s) for s in spacing]
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise InputError("BAD_GEOMETRY", f"spacing must be 3 positive mm values [z, y, x], got {spacing!r}")
+        if not 0 < tile_step <= 1:
+            raise InputError("BAD_PARAMETER", f"tile_step must be in (0, 1], got {tile_step!r}")
+        data = np.stack([np.asarray(c, np.float32) for c in channels])
+        if not np.isfinite(data).all():
+            raise InputError("NON_FINITE", "an input channel contains NaN or infinite values")
+        with self._lock:
+            self._predictor.use_mirroring = bool(tta)
+            self._predictor.tile_step_size = float(tile_step)
+            seg = self._predictor.predict_single_npy_array(data, {"spacing": spacing}, None, None, False)
+        seg = np.asarray(seg)
+        if seg.shape != data.shape[1:]:
+            raise SegmentationError("PREDICTION_SHAPE", f"nnU-Net returned shape {seg.shape}, "
+                                                        f"expected {data.shape[1:]}")
+        return seg.astype(np.uint8)
+
+
+def get_model(folder: str | os.PathLike, *, folds: Sequence[int | str] | None = None, device: str = "cpu",
+              checkpoint: str = "checkpoint_final.pth") -> NnUNetModel:
+    """The process-wide cached :class:`NnUNetModel` for (folder, folds, device, checkpoint)."""
+    key = (os.path.realpath(os.fspath(folder)), None if folds is None else tuple(str(f) for f in folds),
+           device, checkpoint)
+    with _LOCK:
+        model = _CACHE.get(key)
+        if model is None:
+            model = NnUNetModel(folder, folds=folds, device=device, checkpoint=checkpoint)
+            _CACHE[key] = model
+    return model
+
+
+def clear_cache() -> None:
+    """Forget every cached model (tests; a worker that must free GPU memory)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def predict(folder: str | os.PathLike, channels: Sequence[np.ndarray], spacing: Sequence[float], *,
+            channel_names: Sequence[str] | None = None, folds: Sequence[int | str] | None = None,
+            device: str = "cpu", tta: bool = True, tile_step: float = 0.5,
+            checkpoint: str = "checkpoint_final.pth") -> np.ndarray:
+    """Segment one study with the cached model of ``folder`` (see :meth:`NnUNetModel.predict`)."""
+    model = get_model(folder, folds=folds, device=device, checkpoint=checkpoint)
+    return model.predict(channels, spacing, channel_names=channel_names, tta=tta, tile_step=tile_step)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training: nnU-Net's own fingerprinting, planning, preprocessing and trainer, with explicit paths
+# and a small, explicit network (features, patch, batch) so tiny models train on CPU.
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Overrides of nnU-Net's 3d_fullres plan and trainer schedule (documented in models/README.md)."""
+
+    base_features: int = 8
+    max_features: int = 64
+    patch_size: tuple[int, int, int] | None = (48, 48, 48)   # None: nnU-Net's own choice
+    batch_size: int = 2
+    epochs: int = 10
+    iterations_per_epoch: int = 25
+    val_iterations_per_epoch: int = 5
+    initial_lr: float = 1e-2
+
+    def __post_init__(self) -> None:
+        for name in ("base_features", "max_features", "batch_size", "epochs", "iterations_per_epoch",
+                     "val_iterations_per_epoch"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise InputError("BAD_PARAMETER", f"{name} must be an int >= 1, got {v!r}")
+        if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 8):
+            raise InputError("BAD_PARAMETER", f"patch_size must be 3 ints >= 8 (z, y, x), got {self.patch_size!r}")
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def nnunet_paths(raw: str, preprocessed: str, results: str):
+    """Set the folders nnU-Net's planning/training read from the environment, for this block only.
+
+    nnU-Net 2.8 reads ``nnUNet_raw/preprocessed/results`` lazily, so setting
+    them around the calls (and restoring them after) is enough; ``nnUNet_compile=f``
+    skips torch.compile (slow to start, no gain for tiny CPU networks).
+    """
+    with _environ({"nnUNet_raw": raw, "nnUNet_preprocessed": preprocessed, "nnUNet_results": results,
+                   "nnUNet_compile": "f"}):
+        yield
+
+
+def plan_and_preprocess(dataset_id: int, plan: TrainPlan, *, configuration: str = "3d_fullres",
+                        plans_name: str = "PetCohortPlans") -> dict[str, Any]:
+    """Fingerprint, plan and preprocess one raw dataset (inside :func:`nnunet_paths`).
+
+    nnU-Net's planner runs first; its ``configuration`` is then rewritten with
+    the plan's features/patch/batch, the topology recomputed for the new patch
+    with nnU-Net's own ``get_pool_and_conv_props``; other configurations are
+    dropped. Fingerprinting and preprocessing use nnU-Net's one-process pools.
+    Returns the plans written.
+    """
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        extract_fingerprint_dataset(dataset_id, num_processes=1, check_dataset_integrity=True, clean=True,
+                                    verbose=False, show_progress_bar=False)
+        plan_experiment_dataset(dataset_id, overwrite_plans_name=plans_name)
+    log.info("nnU-Net fingerprint + plan: %.1f s", time.perf_counter() - t0)
+    name = convert_id_to_dataset_name(dataset_id)
+    plans_file = os.path.join(os.environ["nnUNet_preprocessed"], name, plans_name + ".json")
+    plans = _load_json(plans_file, "plans")
+    cfg = plans["configurations"][configuration]
+    spacing = cfg["spacing"]
+    patch = list(cfg["patch_size"]) if plan.patch_size is None else \
+        [min(p, int(m)) for p, m in zip(plan.patch_size, cfg["median_image_size_in_voxels"])]
+    _, strides, kernels, patch, _ = get_pool_and_conv_props(spacing, patch, 4, 999999)
+    n = len(strides)
+    arch = cfg["architecture"]["arch_kwargs"]
+    arch.update(n_stages=n, kernel_sizes=kernels, strides=strides,
+                features_per_stage=[min(plan.max_features, plan.base_features * 2 ** i) for i in range(n)],
+                n_conv_per_stage=[2] * n, n_conv_per_stage_decoder=[2] * (n - 1))
+    cfg.update(patch_size=[int(p) for p in patch], batch_size=plan.batch_size)
+    plans["configurations"] = {configuration: cfg}
+    with open(plans_file, "w", encoding="utf-8") as fh:
+        json.dump(plans, fh, indent=1)
+    t1 = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        preprocess_dataset(dataset_id, plans_name, configurations=(configuration,), num_processes=(1,),
+                           verbose=False, show_progress_bar=False)
+    log.info("nnU-Net preprocessing: %.1f s (total %.1f s)", time.perf_counter() - t1, time.perf_counter() - t0)
+    log.debug("nnU-Net planning output: %s", out.getvalue()[-2000:])
+    return plans
+
+
+def train_fold(dataset_id: int, fold: int, plan: TrainPlan, *, configuration: str = "3d_fullres",
+               plans_name: str = "PetCohortPlans", device: str = "cpu", seed: int = 0) -> str:
+    """Train one fold with nnU-Net's ``nnUNetTrainer`` (inside :func:`nnunet_paths`); returns the model folder.
+
+    The schedule (epochs, iterations, learning rate) is set on the trainer
+    instance before training: the architecture stays nnU-Net's plain one, so
+    the folder is loadable by stock nnU-Net tools (trainer name ``nnUNetTrainer``).
+    """
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    name = convert_id_to_dataset_name(dataset_id)
+    pre = os.path.join(os.environ["nnUNet_preprocessed"], name)
+    plans = _load_json(os.path.join(pre, plans_name + ".json"), "plans")
+    ds = _load_json(os.path.join(pre, "dataset.json"), "dataset.json")
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # nnU-Net's data loaders sample patches with numpy's global RNG
+    out = io.StringIO()
+    # nnUNet_n_proc_DA=0: data augmentation in this process (nnU-Net's SingleThreadedAugmenter),
+    # no background augmentation processes.
+    with contextlib.redirect_stdout(out), _environ({"nnUNet_n_proc_DA": "0"}):
+        trainer = nnUNetTrainer(plans=plans, configuration=configuration, fold=fold, dataset_json=ds,
+                                device=_device(device))
+        trainer.num_epochs = plan.epochs
+        trainer.num_iterations_per_epoch = plan.iterations_per_epoch
+        trainer.num_val_iterations_per_epoch = plan.val_iterations_per_epoch
+        trainer.initial_lr = plan.initial_lr
+        trainer.run_training()
+    log.debug("nnU-Net training output: %s", out.getvalue()[-2000:])
+    return trainer.output_folder_base

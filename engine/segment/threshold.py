@@ -1,0 +1,130 @@
+"""Threshold segmentations: the classical baselines the networks are compared with.
+
+* :func:`fixed` - SUV >= a fixed level (2.5 SUVbw by default; the common
+  "SUV 2.5" contour, e.g. Im et al., Nucl Med Mol Imaging 2018, review of
+  MTV/TLG segmentation methods).
+* :func:`relative` - 41% of each hot region's SUVmax (EANM procedure
+  guidelines for FDG PET tumour imaging v2.0, Boellaard et al., EJNMMI 2015).
+  Hot regions are the connected components of a fixed-threshold seed mask
+  (``seed_level``, default 2.5); inside each region only voxels >=
+  ``fraction * region SUVmax`` are kept. The relative contour therefore never
+  grows beyond its seed region: a region with SUVmax < seed_level / fraction
+  (6.1 for 2.5 and 41%) keeps all its seed voxels, and a low-SUVmax region
+  cannot leak into the background. Limit: two lesions touching above the seed
+  level share one region and one SUVmax.
+* :func:`percist_adaptive` - SUL >= 1.5 x liver mean + 2 x liver SD (PERCIST
+  1.0 measurability threshold, Wahl et al., J Nucl Med 2009).
+
+Every function takes ``exclude=``: voxels of physiological-uptake organs
+(brain, bladder, kidneys, heart) are removed before thresholding, so they
+neither become lesions nor seed a relative region.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from petcohort.engine import backend
+from petcohort.engine.errors import InputError
+from petcohort.engine.kernels._validate import (check_3d, check_finite, check_fraction, check_positive,
+                                                 check_same_grid)
+from petcohort.engine.kernels.label import label
+
+__all__ = ["fixed", "relative", "percist_adaptive", "percist_level"]
+
+
+def _prepare(image: Any, exclude: Any, name: str) -> tuple[Any, Any]:
+    check_3d(image, name)
+    check_finite(image, name)
+    xp = backend.get_namespace(image, exclude)
+    keep = None
+    if exclude is not None:
+        check_3d(exclude, "exclude")
+        check_same_grid(image, exclude, names=(name, "exclude"))
+        keep = exclude == 0
+    return xp, keep
+
+
+def fixed(pet: Any, level: float = 2.5, *, exclude: Any = None) -> Any:
+    """Voxels with ``pet >= level`` (outside ``exclude``).
+
+    Parameters
+    ----------
+    pet : (Z, Y, X) ndarray, float, SUVbw (or SUL)
+    level : float, same unit as ``pet``
+    exclude : (Z, Y, X) mask or None
+
+    Returns
+    -------
+    (Z, Y, X) ndarray of uint8 (0/1), same namespace as ``pet``
+    """
+    xp, keep = _prepare(pet, exclude, "pet")
+    level = check_positive(level, "level")
+    mask = pet >= level
+    if keep is not None:
+        mask &= keep
+    return mask.astype(xp.uint8)
+
+
+def relative(pet: Any, fraction: float = 0.41, *, connectivity: int = 26, seed_level: float = 2.5,
+             exclude: Any = None) -> Any:
+    """Per-region relative threshold (``fraction`` of each region's SUVmax).
+
+    Parameters
+    ----------
+    pet : (Z, Y, X) ndarray, float, SUVbw
+    fraction : float in (0, 1]
+        0.41 = the EANM 41% isocontour.
+    connectivity : {6, 18, 26}
+        Defines the seed regions.
+    seed_level : float, SUVbw
+        Fixed threshold whose connected components are the hot regions.
+    exclude : (Z, Y, X) mask or None
+
+    Returns
+    -------
+    (Z, Y, X) ndarray of uint8 (0/1), same namespace as ``pet``
+    """
+    xp, _ = _prepare(pet, exclude, "pet")
+    fraction = check_fraction(fraction, "fraction")
+    seeds = fixed(pet, seed_level, exclude=exclude)
+    labels, n = label(seeds, connectivity=connectivity)
+    if n == 0:
+        return seeds
+    ndi = backend.ndimage(xp)
+    maxima = xp.asarray(ndi.maximum(pet, labels, xp.arange(1, n + 1)), dtype=xp.float64)
+    # Threshold per voxel looked up by its label; label 0 gets +inf (never kept).
+    thresholds = xp.concatenate([xp.asarray([xp.inf]), fraction * maxima])
+    return (pet >= thresholds[labels]).astype(xp.uint8)
+
+
+def percist_level(liver_mean: float, liver_sd: float) -> float:
+    """PERCIST measurability threshold ``1.5 * mean + 2 * SD`` (SUL).
+
+    Raises InputError ``BAD_VALUE`` unless mean > 0 and SD >= 0 are finite.
+    """
+    mean = check_positive(liver_mean, "liver_mean")
+    try:
+        sd = float(liver_sd)
+    except (TypeError, ValueError):
+        raise InputError("BAD_VALUE", f"liver_sd must be a number >= 0, got {liver_sd!r}") from None
+    if not (math.isfinite(sd) and sd >= 0):
+        raise InputError("BAD_VALUE", f"liver_sd must be a finite number >= 0, got {liver_sd!r}")
+    return 1.5 * mean + 2.0 * sd
+
+
+def percist_adaptive(sul: Any, liver_mean: float, liver_sd: float, *, exclude: Any = None) -> Any:
+    """Voxels with ``sul >= 1.5 * liver_mean + 2 * liver_sd`` (outside ``exclude``).
+
+    Parameters
+    ----------
+    sul : (Z, Y, X) ndarray, float, SUL
+    liver_mean, liver_sd : float, SUL
+        Liver reference (PERCIST 3 cm sphere in the right lobe).
+    exclude : (Z, Y, X) mask or None
+
+    Returns
+    -------
+    (Z, Y, X) ndarray of uint8 (0/1)
+    """
+    return fixed(sul, percist_level(liver_mean, liver_sd), exclude=exclude)

@@ -1,0 +1,156 @@
+"""``petcohort quantify``: biomarkers of one image and one mask, from files or a store.
+
+Inputs are NIfTI files (read with nibabel; voxel order (i, j, k) reversed to
+(Z, Y, X), spacing from the header zooms) or store references
+``STORE::STUDY_KEY`` (the study's ``pet``), ``STORE::STUDY_KEY::NAME`` (any
+array, e.g. ``ct`` or ``seg/manual``). Any scalar image works (CT in HU too);
+values are then in the image's unit. For NIfTI input centroids are
+``index * spacing`` (mm from voxel 0, no world frame); for store input they
+are LPS positions from the study's ``origin``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from petcohort.engine.errors import GridError, InputError
+from petcohort.engine.kernels.lesions import LESION_KEYS, STUDY_KEYS, quantify
+from petcohort.engine.kernels.sulpeak import DEFAULT_RADIUS_MM
+
+__all__ = ["quantify_files", "render_text", "load_volume"]
+
+
+def _load_nifti(path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    import nibabel as nib  # noqa: PLC0415
+
+    try:
+        img = nib.load(path)
+    except FileNotFoundError:
+        raise InputError("FILE_NOT_FOUND", f"image file {path!r} does not exist") from None
+    except Exception as exc:  # nibabel raises ImageFileError and others for non-NIfTI input
+        raise InputError("NOT_NIFTI", f"{path!r} cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
+    data = np.asanyarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError("NOT_3D", f"{path!r} must hold a 3-D volume, got shape {data.shape}")
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    return np.ascontiguousarray(data.T), {"spacing": zooms[::-1], "affine": np.asarray(img.affine),
+                                          "origin": None, "sul_per_suvbw": None}
+
+
+def _load_store(spec: str, default_name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    from petcohort.storage.store import CohortStore  # noqa: PLC0415
+
+    parts = spec.split("::")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise InputError("BAD_STORE_REF", f"store reference must be STORE::STUDY_KEY or STORE::STUDY_KEY::NAME, "
+                                          f"got {spec!r}")
+    url, key = parts[0], parts[1]
+    name = parts[2] if len(parts) == 3 else default_name
+    store = CohortStore.open(url, mode="r")
+    attrs = store.study_attrs(key)
+    meta = {"spacing": [float(s) for s in attrs["spacing"]], "affine": None, "origin": attrs.get("origin"),
+            "sul_per_suvbw": attrs.get("sul_per_suvbw"), "key": key, "array": name}
+    return store.read_array(key, name), meta
+
+
+def load_volume(spec: str, *, default_name: str = "pet") -> tuple[np.ndarray, dict[str, Any]]:
+    """(Z, Y, X) array and geometry from a NIfTI path or a ``STORE::KEY[::NAME]`` reference."""
+    if "::" in spec:
+        return _load_store(spec, default_name)
+    return _load_nifti(spec)
+
+
+def quantify_files(pet: str, mask: str, *, radius_mm: float = DEFAULT_RADIUS_MM, connectivity: int = 26,
+                   sul_per_suvbw: float | None = None) -> dict[str, Any]:
+    """Quantify one image with one lesion mask.
+
+    Parameters
+    ----------
+    pet : str
+        NIfTI path or ``STORE::STUDY_KEY`` (the ``pet`` array) or
+        ``STORE::STUDY_KEY::NAME``.
+    mask : str
+        NIfTI path or ``STORE::STUDY_KEY::seg/SOURCE``; non-zero = lesion.
+    radius_mm : float, mm
+        SULpeak sphere radius.
+    connectivity : {6, 18, 26}
+    sul_per_suvbw : float or None
+        SUL / SUVbw; defaults to the study attr for store input, else None
+        (``sulpeak`` is then None with ``SUL_UNAVAILABLE``).
+
+    Returns
+    -------
+    dict
+        ``{"study": {...}, "lesions": [...], "input": {shape, spacing, radius_mm,
+        connectivity, sul_per_suvbw}}``, JSON-ready.
+
+    Raises
+    ------
+    GridError ``GRID_MISMATCH`` (shape, spacing or affine differ); InputError
+    (``FILE_NOT_FOUND``, ``NOT_NIFTI``, ``NOT_3D``, ``IMAGE_NOT_FINITE``, ...).
+    """
+    image, im = load_volume(pet, default_name="pet")
+    seg, mm = load_volume(mask, default_name="seg/manual")
+    if image.shape != seg.shape:
+        raise GridError("GRID_MISMATCH", f"mask has shape {seg.shape}, expected the image shape {image.shape}")
+    if not np.allclose(im["spacing"], mm["spacing"], rtol=1e-4, atol=1e-4):
+        raise GridError("GRID_MISMATCH", f"mask spacing {mm['spacing']} mm differs from image spacing "
+                                         f"{im['spacing']} mm")
+    if im["affine"] is not None and mm["affine"] is not None and \
+            not np.allclose(im["affine"], mm["affine"], rtol=1e-4, atol=1e-3):
+        raise GridError("GRID_MISMATCH", "mask and image NIfTI affines differ (not the same voxel grid)")
+    factor = sul_per_suvbw if sul_per_suvbw is not None else im.get("sul_per_suvbw")
+    if not np.issubdtype(image.dtype, np.floating):
+        image = image.astype(np.float32)
+    q = quantify(image, seg, spacing=im["spacing"], connectivity=connectivity, radius_mm=radius_mm,
+                 sul_per_suvbw=factor, origin=im["origin"])
+    return {"study": q.study, "lesions": q.lesions,
+            "input": {"shape": list(image.shape), "spacing": im["spacing"], "radius_mm": float(radius_mm),
+                      "connectivity": int(connectivity), "sul_per_suvbw": factor,
+                      "centroid_frame": "lps_origin" if im["origin"] is not None else "index_times_spacing"}}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value == 0 or not math.isfinite(value):
+            return f"{value:g}"
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.4e}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_fmt(v) for v in value) + ")"
+    return str(value)
+
+
+def render_text(result: dict[str, Any]) -> str:
+    """Human-readable table: per-study values, then one row per lesion."""
+    study = result["study"]
+    lines = ["Study"]
+    width = max(len(k) for k in STUDY_KEYS)
+    for key in STUDY_KEYS:
+        reason = study.get(f"{key}_reason")
+        lines.append(f"  {key:<{width}}  {_fmt(study.get(key))}" + (f"  ({reason})" if reason else ""))
+    lesions = result["lesions"]
+    lines.append("")
+    lines.append(f"Lesions ({len(lesions)})")
+    if lesions:
+        cols = [k for k in LESION_KEYS]
+        cells = [[_fmt(les.get(k)) for k in cols] for les in lesions]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(cols, widths)))
+        for row in cells:
+            lines.append("  " + "  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    inp = result.get("input", {})
+    if inp:
+        lines.append("")
+        lines.append(f"kernel r = {_fmt(inp.get('radius_mm'))} mm, connectivity {inp.get('connectivity')}, "
+                     f"spacing {_fmt(inp.get('spacing'))} mm")
+    return "\n".join(lines)

@@ -1,0 +1,285 @@
+"""The self-contained HTML cohort report (paper Figs. 3-6, Tables 1-2, PERCIST, provenance).
+
+``write_report(store_url, out_dir)`` writes one ``report.html``: inline CSS,
+images as base64 PNG ``data:`` URIs, no scripts or external links. Sections
+without data say what is missing and still render. Bounded for large cohorts:
+at most :data:`MAX_MIP_PATIENTS` patients get MIP panels (an evenly spaced
+sample over the sorted pseudonymous keys, stated in the report), at most
+:data:`MAX_TRAJECTORIES` patients are drawn in the trajectory plot, and long
+tables are cut (the full tables are in ``tables/``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from petcohort.engine.errors import PetCohortError
+from petcohort.pipelines import figures
+from petcohort.pipelines import report_data as rd
+from petcohort.pipelines.report_html import figure, page, section, table_html
+
+__all__ = ["write_report", "render_report", "MAX_MIP_PATIENTS", "MAX_TRAJECTORIES"]
+
+log = logging.getLogger(__name__)
+
+MAX_MIP_PATIENTS = 40
+MAX_TRAJECTORIES = 200
+_TABLE_SECTIONS = (("segmentation", "Table 1: segmentation (Dice, detection)"),
+                   ("segmentation_paired", "Segmentation, paired comparison"),
+                   ("agreement", "Agreement statistics (automatic vs manual)"),
+                   ("response", "Table 2: response assessment (ROC, Youden cutoff)"),
+                   ("delong", "DeLong tests between delta biomarkers"),
+                   ("percist", "PERCIST calls with evidence"),
+                   ("percist_confusion", "PERCIST confusion matrix"))
+
+
+def write_report(store_url: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write ``<out_dir>/report.html`` for the cohort store at ``store_url``.
+
+    Parameters
+    ----------
+    store_url : str or path
+        Cohort store (path, ``memory://name`` or fsspec URL), opened read-only.
+    out_dir : str or path
+        Output folder; its ``tables/`` are read, or built with
+        ``pipelines.tables.build_outputs`` when absent.
+
+    Returns
+    -------
+    Path of the written report.
+
+    Raises
+    ------
+    StoreError
+        ``NOT_A_STORE`` and the other store-opening reasons.
+    """
+    from petcohort.storage.store import CohortStore
+
+    t0 = time.perf_counter()
+    store = CohortStore.open(store_url, mode="r")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = rd.load_tables(store, out)
+    text = render_report(store, tables)
+    path = out / "report.html"
+    tmp = out / ".report.html.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)  # readers never see a half-written report
+    log.info("report written: %s (%.1f MB, %.1f s)", path, path.stat().st_size / 1e6, time.perf_counter() - t0)
+    return path
+
+
+def render_report(store, tables: dict[str, pd.DataFrame]) -> str:
+    """The report HTML for an open ``store`` and its cohort ``tables``."""
+    meta = rd.study_frame(store)
+    records = store.stage_records()
+    long = rd.biomarker_long(tables.get("studies"), records)
+    auto = rd.automatic_values(long, meta) if len(long) else pd.DataFrame()
+    sections = [
+        ("summary", "Cohort summary", _summary(meta, records)),
+        ("fig-mips", "Coronal MIPs with contours (Fig. 3, 6a)", _mips(store, meta, long)),
+        ("fig-agreement", "Automatic vs manual biomarkers (Fig. 4)", _agreement(auto)),
+    ]
+    resp, undefined = (rd.response_frame(auto, meta, tables.get("percist")) if len(auto)
+                       else (pd.DataFrame(), {}))
+    sections.append(("fig-roc", "ROC of delta biomarkers (Fig. 5)", _roc(resp, undefined)))
+    sections.append(("fig-trajectories", "Biomarker trajectories, % of baseline (Fig. 6b)", _trajectories(auto)))
+    for name, title in _TABLE_SECTIONS:
+        sid = f"table-{name.replace('_', '-')}"
+        frame = tables.get(name)
+        if frame is None or not len(frame):
+            sections.append((sid, title, section(sid, title, "", missing=f"No {name} table: the cohort "
+                                                 "statistics have not been computed (run `petcohort tables`).")))
+        else:
+            sections.append((sid, title, section(sid, title, table_html(frame.reset_index(drop=frame.index.name
+                                                                                        is None), table_id=name))))
+    prov = rd.suv_provenance(store, meta["study"].tolist())
+    sections.append(("table-suv-provenance", "SUV provenance per study",
+                     section("table-suv-provenance", "SUV provenance per study",
+                             table_html(prov, table_id="suv_provenance", max_rows=1000)
+                             if len(prov) else "", missing=None if len(prov) else "No studies in the store.")))
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return page("petcohort cohort report", sections, generated=stamp)
+
+
+def _summary(meta: pd.DataFrame, records: dict) -> str:
+    fails = rd.failures_frame(records)
+    counts = pd.DataFrame([{"patients": meta["patient"].nunique(), "studies": len(meta),
+                            "follow-ups": int((meta["timepoint"] > 0).sum()), "sites": meta["site"].nunique(),
+                            "scanners": meta["scanner"].nunique(), "stage records": len(records),
+                            "failed study-stages": len(fails)}])
+    parts = [table_html(counts, table_id="cohort_counts")]
+    if len(meta):
+        by_site = meta.groupby(["site", "scanner"], dropna=False).agg(
+            patients=("patient", "nunique"), studies=("study", "count")).reset_index()
+        parts.append(table_html(by_site, table_id="sites_scanners"))
+    if len(fails):
+        reasons = fails.groupby(["stage", "reason"]).size().rename("count").reset_index()
+        parts.append("<h3>Failures by reason code</h3>" + table_html(reasons, table_id="failure_reasons"))
+        parts.append(table_html(fails, table_id="failures", max_rows=100))
+    else:
+        parts.append('<p class="note" data-failures="0">No failed study-stages.</p>')
+    return section("summary", "Cohort summary", "".join(parts),
+                   missing=None if len(meta) else "The store holds no studies.")
+
+
+def _mips(store, meta: pd.DataFrame, long: pd.DataFrame) -> str:
+    patients = sorted(p for p in meta["patient"].dropna().unique())
+    if not patients:
+        return section("fig-mips", "Coronal MIPs", "", missing="No studies.")
+    chosen = patients
+    if len(patients) > MAX_MIP_PATIENTS:
+        idx = np.unique(np.linspace(0, len(patients) - 1, MAX_MIP_PATIENTS).round().astype(int))
+        chosen = [patients[i] for i in idx]
+    blocks, no_qc = [], 0
+    for pat in chosen:
+        panels = []
+        for r in meta[meta["patient"] == pat].sort_values("timepoint").itertuples(index=False):
+            if not store.has_array(r.study, "qc/mip_pet"):
+                no_qc += 1
+                continue
+            names = {n[len("qc/mip_"):] for n in store.array_names(r.study)
+                     if n.startswith("qc/mip_") and n != "qc/mip_pet"}
+            # ground truth plus the one automatic mask the biomarkers use: more contours are unreadable
+            shown = [s for s in ("manual", rd.pick_auto_source(names, r.timepoint)) if s in names]
+            masks = {s: store.read_array(r.study, f"qc/mip_{s}") for s in shown}
+            rec = store.stage_record(r.study, "qc") or {}
+            sz, sx = (rec.get("summary") or {}).get("mip_spacing_mm") or [1.0, 1.0]
+            title = f"{r.study}\n{'BL' if r.timepoint == 0 else f'FU{r.timepoint}'}" + _bm_caption(long, r.study)
+            panels.append(figures.MipPanel(title, store.read_array(r.study, "qc/mip_pet"), masks, float(sz) / float(sx)))
+        if panels:
+            uri = figures.to_data_uri(figures.mip_row(panels))
+            blocks.append(figure(f"mip-{pat}", uri, f"Patient {pat}: baseline and follow-ups (green = manual "
+                                                    "ground truth; other colours = automatic sources)"))
+    note = (f'<p class="note" data-mip-patients="{len(chosen)}">Showing {len(chosen)} of {len(patients)} '
+            "patients" + (" (evenly spaced sample over the sorted pseudonymous keys)" if len(chosen) < len(patients)
+                          else "") + ". Grey scale: SUVbw 0-10, inverted.</p>")
+    missing = None
+    if not blocks:
+        missing = "No QC MIPs in the store: the qc stage has not committed for any shown study."
+    elif no_qc:
+        missing = f"{no_qc} shown studies have no QC MIP (qc stage not committed)."
+    return section("fig-mips", "Coronal MIPs with contours (Fig. 3, 6a)",
+                   note + '<div class="mips">' + "".join(blocks) + "</div>", missing=missing)
+
+
+def _bm_caption(long: pd.DataFrame, key: str) -> str:
+    if not len(long):
+        return ""
+    rows = long[long["study"] == key]
+    auto = rows[rows["source"] != "manual"]
+    if not len(auto) or "sulpeak" not in auto.columns:
+        return ""
+    r = auto.iloc[0]
+    parts = [f"{lab} {float(r[b]):.3g}" for b, lab in rd.BIOMARKERS[:2] if b in r and pd.notna(r[b])]
+    return ("\n" + ", ".join(parts)) if parts else ""
+
+
+def _agreement(auto: pd.DataFrame) -> str:
+    from petcohort.engine.stats.agreement import lins_ccc, spearman
+
+    if not len(auto):
+        return section("fig-agreement", "Automatic vs manual", "", missing="No biomarker results yet "
+                       "(quantify stage / studies table missing).")
+    panels, notes, rows = [], [], []
+    for b, label in rd.BIOMARKERS:
+        if b not in auto.columns or f"{b}_manual" not in auto.columns:
+            notes.append(f"{label}: not computed")
+            continue
+        pair = auto[[b, f"{b}_manual"]].apply(pd.to_numeric, errors="coerce").dropna()
+        if len(pair) < 3:
+            notes.append(f"{label}: {len(pair)} studies with both manual and automatic values (need 3)")
+            continue
+        x, y = pair[f"{b}_manual"].to_numpy(), pair[b].to_numpy()
+        try:
+            ccc, rho = lins_ccc(x, y), spearman(x, y)
+            title = f"{label}: Lin's CCC {ccc.ccc:.2f} [{ccc.ci_low:.2f}, {ccc.ci_high:.2f}], Spearman {rho.rho:.2f} (n={len(x)})"
+            rows.append({"biomarker": label, "n": len(x), "Lin's CCC": ccc.ccc, "CCC CI low": ccc.ci_low,
+                         "CCC CI high": ccc.ci_high, "Spearman rho": rho.rho, "Spearman p": rho.p})
+        except PetCohortError as exc:
+            title = f"{label}: statistics unavailable ({exc.reason}) (n={len(x)})"
+        panels.append({"label": label, "x": x, "y": y, "title": title})
+    missing = "; ".join(notes) or None
+    if not panels:
+        return section("fig-agreement", "Automatic vs manual", "", missing=missing or "No data.")
+    srcs = ", ".join(sorted(set(auto["auto_source"].dropna())))
+    body = figure("agreement-scatter", figures.to_data_uri(figures.agreement_scatter(panels)),
+                  f"x: manual (ground-truth) masks, y: automatic masks ({srcs}); red line = identity.")
+    if rows:
+        body += table_html(pd.DataFrame(rows), table_id="agreement_summary")
+    return section("fig-agreement", "Automatic vs manual biomarkers (Fig. 4)", body, missing=missing)
+
+
+def _roc(resp: pd.DataFrame, undefined: dict) -> str:
+    from petcohort.engine.stats.roc import auc_ci, roc_curve, youden_cutoff
+
+    title = "ROC of delta biomarkers (Fig. 5)"
+    if not len(resp):
+        return section("fig-roc", title, "", missing="No follow-up studies with a baseline and biomarkers.")
+    labelled = resp[resp["responder"].notna()]
+    if labelled["responder"].nunique() < 2:
+        return section("fig-roc", title, "", missing=f"ROC needs responders and non-responders; "
+                       f"{len(labelled)} labelled follow-ups with {labelled['responder'].nunique()} class(es).")
+    series, rows, notes = [], [], []
+    for b, label in rd.BIOMARKERS:
+        col = f"delta_{b}"
+        if col not in labelled.columns:
+            continue
+        d = labelled[[col, "responder"]].dropna()
+        if d["responder"].nunique() < 2:
+            notes.append(f"\u0394{label}: one class only after removing undefined deltas")
+            continue
+        y = d["responder"].astype(bool).to_numpy()
+        s = -d[col].astype(float).to_numpy()  # a larger decrease means response
+        try:
+            curve, ci, yj = roc_curve(y, s), auc_ci(y, s), youden_cutoff(y, s)
+        except PetCohortError as exc:
+            notes.append(f"\u0394{label}: {exc.reason}")
+            continue
+        cut = -yj.threshold
+        series.append(figures.RocSeries(
+            f"\u0394{label} AUC {ci.auc:.2f} [{ci.ci_low:.2f}, {ci.ci_high:.2f}], cutoff {cut:.0f}%",
+            curve.fpr, curve.tpr, 1.0 - yj.specificity, yj.sensitivity))
+        rows.append({"biomarker": f"\u0394{label}", "n": len(y), "AUC": ci.auc, "CI low": ci.ci_low,
+                     "CI high": ci.ci_high, "Youden cutoff (%)": cut, "sensitivity": yj.sensitivity,
+                     "specificity": yj.specificity, "undefined deltas (BL = 0)": undefined.get(b, 0)})
+    if not series:
+        return section("fig-roc", title, "", missing="; ".join(notes) or "No delta biomarkers.")
+    body = figure("roc-curves", figures.to_data_uri(figures.roc_figure(series)),
+                  "Responder = PERCIST CMR/PMR (automated call on the manual masks when present, else the "
+                  "reference call truth.percist). A follow-up is called "
+                  "responder when its delta is at or below the cutoff (cutoff at a data value).")
+    body += table_html(pd.DataFrame(rows), table_id="roc_summary")
+    return section("fig-roc", title, body, missing="; ".join(notes) or None)
+
+
+def _trajectories(auto: pd.DataFrame) -> str:
+    title = "Biomarker trajectories, % of baseline (Fig. 6b)"
+    if not len(auto) or not (auto["timepoint"] > 0).any():
+        return section("fig-trajectories", title, "", missing="No follow-up studies: no trajectories.")
+    patients = sorted(auto.loc[auto["timepoint"] > 0, "patient"].unique())[:MAX_TRAJECTORIES]
+    panels = []
+    for b, label in rd.BIOMARKERS:
+        if b not in auto.columns:
+            continue
+        lines = []
+        for pat in patients:
+            g = auto[auto["patient"] == pat].sort_values("timepoint")
+            base = g[g["timepoint"] == 0][b]
+            if not len(base) or base.iloc[0] in (None, 0) or pd.isna(base.iloc[0]):
+                continue
+            vals = pd.to_numeric(g[b], errors="coerce")
+            days = pd.to_numeric(g["days"], errors="coerce").fillna(g["timepoint"].astype(float))
+            lines.append((days.to_numpy(), (vals / float(base.iloc[0]) * 100.0).to_numpy()))
+        panels.append({"label": f"{label} (automatic), {len(lines)} patients", "lines": lines})
+    if not any(p["lines"] for p in panels):
+        return section("fig-trajectories", title, "", missing="No patient has a non-zero baseline biomarker.")
+    body = figure("trajectories", figures.to_data_uri(figures.trajectories(panels)),
+                  f"One line per patient (at most {MAX_TRAJECTORIES}, first by sorted key); dashed line = baseline.")
+    return section("fig-trajectories", title, body)

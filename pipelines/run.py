@@ -1,0 +1,275 @@
+"""``run_cohort``: every selected stage over every study, resumable and fault tolerant.
+
+Steps (DESIGN.md, "Execution"):
+
+1. open the store ``r+`` and hold its writer lock for the whole run (a second
+   run is refused with ``STORE_LOCKED``);
+2. plan: for each (study, stage) that applies, compute its config hash
+   (``config_hash(config, stage.params)``) and input hash (study attrs and
+   input array names, plus the fingerprints of the records it depends on);
+   a committed record with the same hashes and code version is skipped
+   unless ``force`` -- unless a stage it depends on is redone in this run;
+3. build the task description (``engine.graph.build_graph``) and submit one
+   Dask task per study-stage (``pipelines.run_task.execute_study_stage``); each
+   task reads from and commits to the store itself, only a small summary
+   comes back;
+4. record failures the tasks could not record themselves (a worker lost too
+   often: ``WORKER_LOST``; their dependants: ``UPSTREAM_FAILED``);
+5. with ``out``, build the cohort tables as one more Dask task;
+6. show per-stage counts and every failure's reason.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from petcohort.engine.cluster import ClusterSession, connect, load_cluster_config
+from petcohort.engine.graph import StudyGraph, baseline_keys, build_graph, topological_stages
+from petcohort.pipelines.config import RunConfig, config_hash
+from petcohort.pipelines.progress import RunProgress, render_summary
+from petcohort.pipelines.run_task import (StageJob, build_outputs_task, execute_study_stage, input_hash,
+                                          study_digest)
+from petcohort.pipelines.stages import STAGES, Stage, stage_order
+
+__all__ = ["RunSummary", "RunPlan", "plan_run", "run_cohort", "DEFAULT_CLUSTER_FILE"]
+
+log = logging.getLogger(__name__)
+DEFAULT_CLUSTER_FILE = Path("cluster.yaml")
+
+
+@dataclass
+class RunSummary:
+    """Outcome of one run.
+
+    Attributes
+    ----------
+    done, skipped : list of (study, stage)
+        Study-stages committed in this run / up to date and not redone.
+    failed : list of (study, stage, reason)
+        Study-stages that failed in this run, with their reason code.
+    seconds : float
+        Wall time of the run (s).
+    per_stage : dict of str to dict
+        ``{stage: {"done": n, "skipped": n, "failed": n}}``.
+    token : str
+        The run token (in task keys and in each record's ``run``).
+    dashboard : str or None
+        The Dask dashboard link of a cluster this run started.
+    """
+
+    done: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    per_stage: dict[str, dict[str, int]] = field(default_factory=dict)
+    token: str = ""
+    dashboard: str | None = None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do: the task graph, one job per task, and the skipped study-stages."""
+
+    graph: StudyGraph
+    jobs: dict[str, StageJob]
+    skipped: tuple[tuple[str, str], ...]
+
+
+def _code_version() -> str:
+    from petcohort.engine import __version__  # noqa: PLC0415
+
+    return str(__version__)
+
+
+def plan_run(store: Any, registry: dict[str, Stage], names: list[str], *, config: RunConfig, force: bool,
+             token: str) -> RunPlan:
+    """Decide which study-stages to run (see the module docstring, step 2)."""
+    studies = {k: store.study_attrs(k) for k in store.study_keys()}
+    records = store.stage_records()
+    stage_arrays: dict[str, set[str]] = {}
+    for (study, _stage), rec in records.items():
+        stage_arrays.setdefault(study, set()).update(rec.get("arrays") or ())
+    digests = {k: study_digest(a, store.array_names(k), stage_arrays.get(k, set())) for k, a in studies.items()}
+    base = baseline_keys(studies)
+    version = _code_version()
+    order = topological_stages(registry, names)
+    redo: set[tuple[str, str]] = set()
+    skipped: list[tuple[str, str]] = []
+    jobs: dict[tuple[str, str], StageJob] = {}
+
+    def applies(stage: str, attrs: dict[str, Any]) -> bool:
+        return stage not in registry or registry[stage].applies(attrs)
+
+    for name in order:
+        st = registry[name]
+        chash = config_hash(config, st.params)
+        for study, attrs in sorted(studies.items()):
+            if not st.applies(attrs):
+                continue
+            b = base[study]
+            job = StageJob(store_url=store.url, study=study, stage=st, baseline=b,
+                           requires=tuple(r for r in st.requires if applies(r, attrs)),
+                           baseline_requires=tuple(r for r in st.needs_baseline
+                                                   if b is not None and applies(r, studies[b])),
+                           config=config, config_hash=chash, digest=digests[study], code_version=version,
+                           token=token)
+            upstream_redone = any((study, r) in redo for r in job.requires) or \
+                any((b, r) in redo for r in job.baseline_requires)
+            rec = records.get((study, name))
+            if not force and not upstream_redone and rec is not None and rec.get("status") == "committed" \
+                    and rec.get("config_hash") == chash and rec.get("code_version") == version:
+                upstream = {f"study/{r}": records.get((study, r)) for r in job.requires}
+                upstream.update({f"baseline/{r}": records.get((b, r)) for r in job.baseline_requires})
+                if input_hash(job.digest, upstream) == rec.get("input_hash"):
+                    skipped.append((study, name))
+                    continue
+            redo.add((study, name))
+            jobs[(study, name)] = job
+    graph = build_graph(registry, studies, selected=order, token=token, skip=skipped)
+    by_key = {t.key: jobs[(t.study, t.stage)] for t in graph.tasks.values()}
+    return RunPlan(graph, by_key, tuple(skipped))
+
+
+def _open_session(cluster_file: str | os.PathLike | None) -> ClusterSession:
+    if cluster_file is None and DEFAULT_CLUSTER_FILE.is_file():
+        cluster_file = DEFAULT_CLUSTER_FILE
+    return connect(load_cluster_config(cluster_file))
+
+
+def _has_gpu_workers(client: Any) -> bool:
+    workers = client.scheduler_info().get("workers", {})
+    return any((w.get("resources") or {}).get("GPU", 0) > 0 for w in workers.values())
+
+
+def _submit(client: Any, plan: RunPlan) -> dict[str, Any]:
+    gpu_ok = _has_gpu_workers(client)
+    if not gpu_ok and any(t.resources for t in plan.graph.tasks.values()):
+        log.info("no worker advertises a GPU resource: GPU-capable stages run on CPU workers")
+    futures: dict[str, Any] = {}
+    for key in plan.graph.order:
+        spec = plan.graph.tasks[key]
+        deps = [futures[d] for d in spec.deps]
+        futures[key] = client.submit(execute_study_stage, plan.jobs[key], *deps, key=key,
+                                     resources=(spec.resources or None) if gpu_ok else None)
+    return futures
+
+
+def _collect(client: Any, store: Any, plan: RunPlan, futures: dict[str, Any], progress: RunProgress,
+             summary: RunSummary) -> None:
+    """Wait for every task; record the failures no task could record (lost workers)."""
+    from distributed import as_completed  # noqa: PLC0415
+
+    errored: dict[str, BaseException] = {}
+    for fut in as_completed(list(futures.values()), loop=client.loop):
+        spec = plan.graph.tasks[fut.key]
+        try:
+            # waits again if the result was lost with its worker and is being recomputed
+            res = fut.result()
+        except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError, ...
+            errored[fut.key] = exc
+        else:
+            if res["status"] == "committed":
+                summary.done.append((spec.study, spec.stage))
+            else:
+                summary.failed.append((spec.study, spec.stage, str(res["reason"])))
+            progress.advance(spec.stage, failed=res["status"] != "committed")
+        fut.release()
+    for key, exc in errored.items():
+        spec = plan.graph.tasks[key]
+        if any(d in errored for d in spec.deps):
+            reason, message = "UPSTREAM_FAILED", "a stage this one depends on did not finish"
+        elif type(exc).__name__ == "KilledWorker":
+            reason, message = "WORKER_LOST", "the task's workers died too often (out of memory?)"
+        else:
+            reason, message = "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"[:500]
+        store.fail_stage(spec.study, spec.stage, record={
+            "reason": reason, "message": message, "code_version": plan.jobs[key].code_version,
+            "config_hash": plan.jobs[key].config_hash, "run": summary.token, "summary": {}})
+        summary.failed.append((spec.study, spec.stage, reason))
+        progress.advance(spec.stage, failed=True)
+
+
+def _build_outputs(client: Any, store: Any, out: str | os.PathLike, token: str) -> None:
+    if importlib.util.find_spec("petcohort.pipelines.tables") is None:
+        log.info("pipelines/tables.py is not available: cohort tables not written")
+        return
+    client.submit(build_outputs_task, store.url, str(out), key=f"tables-{token}").result()
+    log.info("cohort tables written")
+
+
+def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike | None = None,
+               stages: list[str] | None = None, force: bool = False, out: str | os.PathLike | None = None,
+               config: RunConfig = RunConfig(), client: Any = None) -> RunSummary:
+    """Run the selected stages over every study of the store (resumable).
+
+    Parameters
+    ----------
+    store_url : str or path
+        The cohort store (path, ``memory://`` only with a threads-only
+        client, or ``s3://...``). Workers open it by this URL.
+    cluster_file : path, optional
+        ``cluster.yaml``; default ``./cluster.yaml`` when present, else a
+        local cluster. Ignored when ``client`` is given.
+    stages : list of str, optional
+        Stage names to run (default: all registered).
+    force : bool
+        Redo study-stages that are up to date.
+    out : path, optional
+        Write ``results.zarr`` and ``tables/`` here after the stages.
+    config : RunConfig
+        Stage parameters.
+    client : distributed.Client, optional
+        Use this client (not closed at the end).
+
+    Returns
+    -------
+    RunSummary
+
+    Raises
+    ------
+    StoreError
+        ``STORE_LOCKED`` when another run holds the store; ``NOT_A_STORE``.
+    ConfigError, ClusterError
+        Bad ``stages`` or cluster file; cluster unreachable.
+    """
+    from petcohort.storage.store import CohortStore  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    names = stage_order(list(stages) if stages is not None else None)
+    token = secrets.token_hex(4)
+    summary = RunSummary(token=token)
+    store = CohortStore.open(store_url, mode="r+")
+    with store.lock(f"petcohort run {token}"):
+        plan = plan_run(store, dict(STAGES), names, config=config, force=force, token=token)
+        summary.skipped = list(plan.skipped)
+        log.info("run %s: %d study-stages to run, %d up to date", token, len(plan.jobs), len(plan.skipped))
+        session = None
+        if client is None and (plan.jobs or out is not None):
+            session = _open_session(cluster_file)
+            client = session.client
+            summary.dashboard = session.dashboard_link
+        try:
+            totals = {n: sum(1 for t in plan.graph.tasks.values() if t.stage == n) for n in plan.graph.stages}
+            with RunProgress(totals) as progress:
+                if plan.jobs:
+                    _collect(client, store, plan, _submit(client, plan), progress, summary)
+            if out is not None:
+                _build_outputs(client, store, out, token)
+        finally:
+            if session is not None:
+                session.close()
+    summary.seconds = time.perf_counter() - t0
+    for name in names:
+        summary.per_stage[name] = {
+            "done": sum(1 for _, s in summary.done if s == name),
+            "skipped": sum(1 for _, s in summary.skipped if s == name),
+            "failed": sum(1 for _, s, _r in summary.failed if s == name)}
+    render_summary(summary.per_stage, summary.failed, summary.seconds)
+    return summary
+

@@ -1,0 +1,82 @@
+"""Stage ``percist``: automated PERCIST 1.0 call of a follow-up against its baseline.
+
+For every source in the follow-up's ``track`` record, both studies are
+assessed with :func:`petcohort.engine.stats.percist.assess_scan` on SUL
+(``pet * sul_per_suvbw``; a study without the factor fails the stage with
+``SUL_UNAVAILABLE``): liver reference sphere away from that source's lesions
+(``organs/liver``; blood-pool fallback on ``organs/aorta``), SULpeak with
+``config.radius_mm``, lesion organs by majority of voxels in
+``organs/bone``/``organs/liver``. New lesions are the ``new`` matches of
+the track record (split fragments are not new) that are FDG-avid (SULpeak
+above the follow-up reference mean,
+:func:`~petcohort.engine.stats.percist.avid_new_lesions`). Uptake times
+come from the ``uptake_min`` study attrs. A source whose reference cannot be placed gets
+``category=None`` with that reason (e.g. ``NO_REFERENCE``).
+
+Summary: ``{"sources": {src: {"category", "reason", "rule", "evidence",
+"qc_flags", "baseline_source"}}}``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from petcohort.engine.errors import PetCohortError, StageError
+from petcohort.engine.kernels.label import label
+from petcohort.engine.stats.percist import assess_scan, organ_of_lesions, percist_call
+from petcohort.pipelines.stage_track import require_baseline
+from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
+
+__all__ = ["percist_stage"]
+
+
+def _sul(ctx: StageContext, key: str, attrs: dict[str, Any]) -> np.ndarray:
+    factor = attrs.get("sul_per_suvbw")
+    if factor is None:
+        role = "baseline" if key != ctx.key else "follow-up"
+        raise StageError("SUL_UNAVAILABLE", f"{role} study {key!r} has no sul_per_suvbw "
+                                            f"(sul_reason={attrs.get('sul_reason')!r}); PERCIST needs SUL")
+    return ctx.store.read_array(key, "pet").astype(np.float32) * np.float32(factor)
+
+
+def _organ(ctx: StageContext, key: str, name: str) -> np.ndarray | None:
+    return ctx.store.read_array(key, f"organs/{name}") if ctx.store.has_array(key, f"organs/{name}") else None
+
+
+def _assess(ctx: StageContext, key: str, attrs: dict[str, Any], sul: np.ndarray, src: str):
+    # the same labels as the track stage (same kernel, same connectivity)
+    labels, n = label(ctx.store.read_array(key, f"seg/{src}"), connectivity=ctx.config.connectivity)
+    liver = _organ(ctx, key, "liver")
+    organs = organ_of_lesions(labels, n, bone=_organ(ctx, key, "bone"), liver=liver)
+    return assess_scan(sul, labels, n, spacing=[float(s) for s in attrs["spacing"]], liver=liver,
+                       aorta=_organ(ctx, key, "aorta"), organ_of=organs, radius_mm=ctx.config.radius_mm,
+                       sphere_mm=ctx.config.percist_sphere_mm)
+
+
+@register_stage("percist", requires=("track", "organs", "threshold"), needs_baseline=("organs", "threshold"),
+                applies_to="followup", params=("connectivity", "radius_mm", "percist_sphere_mm", "sources"))
+def percist_stage(ctx: StageContext) -> StageOutput:
+    """PERCIST category per segmentation source (module docstring)."""
+    base = require_baseline(ctx)
+    battrs = ctx.store.study_attrs(base)
+    track = ctx.store.stage_record(ctx.key, "track")
+    if track is None or track.get("status") != "committed":
+        raise StageError("UPSTREAM_MISSING", f"study {ctx.key!r} has no committed 'track' record; run track first")
+    sul_fu = _sul(ctx, ctx.key, ctx.attrs)
+    sul_bl = _sul(ctx, base, battrs)
+    uptake = (battrs.get("uptake_min"), ctx.attrs.get("uptake_min"))
+    out: dict[str, Any] = {}
+    for src, rec in sorted((track.get("summary") or {}).get("sources", {}).items()):
+        bsrc = rec["baseline_source"]
+        try:
+            bl = _assess(ctx, base, battrs, sul_bl, bsrc)
+            fu = _assess(ctx, ctx.key, ctx.attrs, sul_fu, src)
+        except PetCohortError as exc:  # e.g. NO_REFERENCE on one study: this source has no call
+            out[src] = {"category": None, "reason": exc.reason, "rule": None, "evidence": {"message": exc.message},
+                        "qc_flags": [], "baseline_source": bsrc}
+            continue
+        new = [m["followup_lesion"] for m in rec.get("matches") or [] if m.get("status") == "new"]
+        call = percist_call(bl, fu, new_lesions=new, uptake_min=uptake)
+        out[src] = {**call.to_dict(), "baseline_source": bsrc}
+    return StageOutput(summary={"sources": out})

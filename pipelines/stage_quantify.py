@@ -1,0 +1,52 @@
+"""Stage ``quantify``: biomarkers of one study per segmentation source.
+
+Summary: ``{"sources": {src: study_dict}, "lesions": {src: [lesion
+dicts]}}`` for every ``seg/<src>`` of the study (or ``config.sources``; the
+manual mask is always included when present), with the keys of
+:func:`petcohort.engine.kernels.lesions.quantify`. SULpeak uses the study's
+``sul_per_suvbw`` attr (None -> ``sulpeak_reason = SUL_UNAVAILABLE``); PBI/PLI
+use ``organs/bone`` and ``organs/liver`` when present.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from petcohort.engine.kernels import lesions
+from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
+
+__all__ = ["quantify_stage", "study_sources"]
+
+
+def study_sources(ctx: StageContext) -> list[str]:
+    """Segmentation sources of the study to process (``seg/<src>`` present), sorted."""
+    present = sorted(n.split("/", 1)[1] for n in ctx.store.array_names(ctx.key) if n.startswith("seg/"))
+    if ctx.config.sources is None:
+        return present
+    wanted = set(ctx.config.sources) | {"manual"}
+    return [s for s in present if s in wanted]
+
+
+def _optional(ctx: StageContext, name: str) -> Any:
+    return ctx.store.read_array(ctx.key, name) if ctx.store.has_array(ctx.key, name) else None
+
+
+@register_stage("quantify", requires=("organs", "threshold"), params=("connectivity", "radius_mm", "sources"))
+def quantify_stage(ctx: StageContext) -> StageOutput:
+    """Per-study and per-lesion biomarkers for every segmentation source."""
+    pet = ctx.store.read_array(ctx.key, "pet")
+    bone = _optional(ctx, "organs/bone")
+    liver = _optional(ctx, "organs/liver")
+    origin = ctx.attrs.get("origin")
+    factor = ctx.attrs.get("sul_per_suvbw")
+    studies: dict[str, dict[str, Any]] = {}
+    lesion_rows: dict[str, list[dict[str, Any]]] = {}
+    for src in study_sources(ctx):
+        q = lesions.quantify(pet, ctx.store.read_array(ctx.key, f"seg/{src}"), spacing=ctx.spacing,
+                             connectivity=ctx.config.connectivity, radius_mm=ctx.config.radius_mm,
+                             bone=bone, liver=liver, sul_per_suvbw=factor, origin=origin)
+        studies[src] = q.study
+        lesion_rows[src] = q.lesions
+    summary: dict[str, Any] = {"sources": studies, "lesions": lesion_rows}
+    if factor is None:
+        summary["sul_reason"] = ctx.attrs.get("sul_reason") or "SUL_UNAVAILABLE"
+    return StageOutput(summary=summary)

@@ -1,0 +1,81 @@
+"""Stage ``threshold``: classical threshold segmentations of one study.
+
+Writes ``seg/threshold_suv25`` (SUVbw >= ``threshold_fixed``),
+``seg/threshold_41pct`` (``threshold_relative`` of each hot region's SUVmax,
+regions seeded at ``threshold_fixed``) and, when a liver mask and SUL exist,
+``seg/threshold_percist`` (SUL >= 1.5 x liver mean + 2 x liver SD, with the
+PERCIST liver reference of :func:`petcohort.engine.kernels.reference.liver_reference`,
+whose sphere is kept away from the SUV-2.5 hot spots). Brain, bladder,
+kidneys and heart are excluded when ``organs/<name>`` masks exist (their
+physiological FDG uptake is not disease).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from petcohort.engine.errors import PetCohortError
+from petcohort.engine.kernels.reference import liver_reference
+from petcohort.engine.segment import threshold
+from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
+
+__all__ = ["threshold_stage", "EXCLUDED_ORGANS"]
+
+#: organs/<name> masks removed before thresholding (physiological uptake).
+EXCLUDED_ORGANS = ("brain", "bladder", "kidneys", "heart")
+
+
+def _exclusion(ctx: StageContext) -> tuple[np.ndarray | None, list[str]]:
+    used: list[str] = []
+    exclude: np.ndarray | None = None
+    for organ in EXCLUDED_ORGANS:
+        name = f"organs/{organ}"
+        if ctx.store.has_array(ctx.key, name):
+            m = ctx.store.read_array(ctx.key, name) != 0
+            exclude = m if exclude is None else (exclude | m)
+            used.append(organ)
+    return exclude, used
+
+
+def _stats(mask: np.ndarray, voxel_ml: float) -> dict[str, Any]:
+    return {"voxels": int(np.count_nonzero(mask)), "volume_ml": int(np.count_nonzero(mask)) * voxel_ml}
+
+
+@register_stage("threshold", requires=("organs",),
+                params=("threshold_fixed", "threshold_relative", "connectivity", "percist_sphere_mm"))
+def threshold_stage(ctx: StageContext) -> StageOutput:
+    """Fixed, relative and PERCIST-adaptive threshold masks (see module docstring)."""
+    cfg = ctx.config
+    pet = ctx.store.read_array(ctx.key, "pet")
+    exclude, excluded = _exclusion(ctx)
+    voxel_ml = float(np.prod(ctx.spacing)) / 1000.0
+    suv25 = threshold.fixed(pet, cfg.threshold_fixed, exclude=exclude)
+    rel = threshold.relative(pet, cfg.threshold_relative, connectivity=cfg.connectivity,
+                             seed_level=cfg.threshold_fixed, exclude=exclude)
+    arrays = {"seg/threshold_suv25": suv25, "seg/threshold_41pct": rel}
+    summary: dict[str, Any] = {"excluded_organs": excluded,
+                               "threshold_suv25": _stats(suv25, voxel_ml),
+                               "threshold_41pct": _stats(rel, voxel_ml)}
+    factor = ctx.attrs.get("sul_per_suvbw")
+    if not ctx.store.has_array(ctx.key, "organs/liver"):
+        summary["threshold_percist_reason"] = "NO_LIVER_MASK"
+    elif factor is None:
+        summary["threshold_percist_reason"] = "SUL_UNAVAILABLE"
+    else:
+        sul = pet.astype(np.float32) * np.float32(factor)
+        liver = ctx.store.read_array(ctx.key, "organs/liver")
+        aorta = ctx.store.read_array(ctx.key, "organs/aorta") if ctx.store.has_array(ctx.key, "organs/aorta") \
+            else None
+        try:
+            ref = liver_reference(sul, liver, spacing=ctx.spacing, lesions=suv25, aorta=aorta,
+                                  diameter_mm=cfg.percist_sphere_mm)
+        except PetCohortError as exc:  # no room for a reference: skip this mask, keep the others
+            summary["threshold_percist_reason"] = exc.reason
+        else:
+            level = threshold.percist_level(ref.mean, ref.sd)
+            percist = threshold.percist_adaptive(sul, ref.mean, ref.sd, exclude=exclude)
+            arrays["seg/threshold_percist"] = percist
+            summary["threshold_percist"] = {**_stats(percist, voxel_ml), "level_sul": level,
+                                            "reference": ref.to_dict()}
+    return StageOutput(arrays=arrays, summary=summary)

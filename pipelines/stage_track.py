@@ -1,0 +1,104 @@
+"""Stage ``track``: match a follow-up's lesions to its baseline's, per segmentation source.
+
+For every ``seg/<src>`` of the follow-up (``config.sources`` filter as in
+``quantify``) whose baseline counterpart exists (``seg/<src>`` on the
+baseline; for ``nnunet_fu`` the baseline's ``nnunet_bl`` when it has no
+``nnunet_fu``: the paper segments baselines with U-Net_BL), lesions are the
+connected components at ``config.connectivity`` (the same labels as
+``quantify``) and are matched by
+:func:`petcohort.engine.stats.tracking.match_lesions`.
+
+Registration: this project has no registration module yet, so the baseline is
+taken as already aligned. When both studies share a grid (shape, spacing,
+origin) the voxel-overlap matcher is used directly (identity transform);
+otherwise baseline and follow-up centroids are compared in physical LPS mm
+(identity transform between the two scanner frames) by
+:func:`~petcohort.engine.stats.tracking.match_centroids`, distance only. The
+method used is recorded per source.
+
+Summary: ``{"sources": {src: {"baseline_source", "method", "n_baseline",
+"n_followup", "matches": [{"baseline_lesion", "followup_lesion", "status",
+"distance_mm", "iou"}], "n_new", "n_vanished", "n_persisting", "n_split",
+"n_merged"}}, "skipped": {src: reason}}``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from petcohort.engine.errors import StageError
+from petcohort.engine.kernels.label import label
+from petcohort.engine.stats.tracking import centroids_mm, match_centroids, match_lesions, summarise
+from petcohort.pipelines.stage_quantify import study_sources
+from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
+
+__all__ = ["track_stage", "baseline_source", "require_baseline", "MAX_DISTANCE_MM", "OVERLAP_MIN"]
+
+#: largest centroid distance (mm) for a distance match.
+MAX_DISTANCE_MM = 20.0
+#: smallest overlap coefficient |A n B| / min(|A|, |B|) counted as overlap.
+OVERLAP_MIN = 0.1
+#: follow-up source -> baseline source used when the baseline lacks the same name.
+_PAIRED = {"nnunet_fu": "nnunet_bl"}
+
+
+def require_baseline(ctx: StageContext) -> str:
+    """The baseline study key, or ``StageError`` ``NO_BASELINE``."""
+    if ctx.baseline_key is None or ctx.baseline_key not in ctx.store.study_keys():
+        raise StageError("NO_BASELINE", f"study {ctx.key!r} is a follow-up whose baseline study is not in the "
+                                        f"store (baseline_key={ctx.baseline_key!r})")
+    return ctx.baseline_key
+
+
+def baseline_source(ctx: StageContext, src: str) -> str | None:
+    """The baseline's source matching follow-up source ``src`` (None when absent)."""
+    base = require_baseline(ctx)
+    for name in (src, _PAIRED.get(src)):
+        if name is not None and ctx.store.has_array(base, f"seg/{name}"):
+            return name
+    return None
+
+
+def _same_grid(a: dict[str, Any], b: dict[str, Any], shape_a: tuple, shape_b: tuple) -> bool:
+    if shape_a != shape_b:
+        return False
+    for field in ("spacing", "origin"):
+        va, vb = a.get(field), b.get(field)
+        if va is None or vb is None:
+            if field == "origin" and va is None and vb is None:
+                continue  # no origin on either: same frame assumed
+            return False
+        if not np.allclose(np.asarray(va, float), np.asarray(vb, float), rtol=0, atol=1e-3):
+            return False
+    return True
+
+
+@register_stage("track", requires=("threshold",), needs_baseline=("threshold",), applies_to="followup",
+                params=("connectivity", "sources"))
+def track_stage(ctx: StageContext) -> StageOutput:
+    """Lesion matches (persisting/split/merged/vanished/new) per source (module docstring)."""
+    base = require_baseline(ctx)
+    battrs = ctx.store.study_attrs(base)
+    conn = ctx.config.connectivity
+    sources: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for src in study_sources(ctx):
+        bsrc = baseline_source(ctx, src)
+        if bsrc is None:
+            skipped[src] = "NOT_ON_BASELINE"
+            continue
+        fu_lab, nfu = label(ctx.store.read_array(ctx.key, f"seg/{src}"), connectivity=conn)
+        bl_lab, nbl = label(ctx.store.read_array(base, f"seg/{bsrc}"), connectivity=conn)
+        if _same_grid(ctx.attrs, battrs, fu_lab.shape, bl_lab.shape):
+            matches = match_lesions(bl_lab, nbl, fu_lab, nfu, spacing=ctx.spacing,
+                                    max_distance_mm=MAX_DISTANCE_MM, overlap_min=OVERLAP_MIN)
+            method = "overlap"
+        else:
+            bl_c = centroids_mm(bl_lab, nbl, spacing=battrs["spacing"], origin=battrs.get("origin") or (0, 0, 0))
+            fu_c = centroids_mm(fu_lab, nfu, spacing=ctx.spacing, origin=ctx.attrs.get("origin") or (0, 0, 0))
+            matches = match_centroids(bl_c, fu_c, max_distance_mm=MAX_DISTANCE_MM)
+            method = "centroid"
+        sources[src] = {"baseline_source": bsrc, "method": method, "n_baseline": nbl, "n_followup": nfu,
+                        **summarise(matches)}
+    return StageOutput(summary={"sources": sources, "skipped": skipped})

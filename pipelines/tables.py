@@ -1,0 +1,484 @@
+"""Cohort outputs: ``results.zarr`` and the cohort tables (paper Tables 1 and 2).
+
+Reads only stage records (``store.stage_records()``: the small summaries of
+``quantify``, ``evaluate``, ``percist`` and ``track``) and study attrs; never a
+volume. Every table is written, with the rows that can be computed: missing
+inputs give empty tables or rows with a ``reason`` column, plus notes (also
+written to ``tables/notes.json``), never a crash.
+
+Tables (``tables/<name>.parquet`` + ``.csv``): ``studies``, ``lesions``,
+``segmentation``, ``segmentation_paired``, ``agreement``, ``response``,
+``delong``, ``percist``, ``percist_confusion``. Definitions: METHODS.md
+"Segmentation evaluation" and "Statistics".
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from petcohort.engine.errors import StatsError
+from petcohort.engine.stats import accessor as _accessor  # noqa: F401 - registers ds.cohort
+from petcohort.engine.stats import response as resp
+from petcohort.engine.stats.agreement import ks_normality, lins_ccc, spearman
+from petcohort.engine.stats.ranks import wilcoxon_signed_rank
+from petcohort.storage.keys import split_study_key
+
+__all__ = ["TABLES", "REFERENCE", "COMPOSITES", "CohortTables", "collect", "build_outputs", "results_dataset"]
+
+log = logging.getLogger(__name__)
+
+TABLES = ("studies", "lesions", "segmentation", "segmentation_paired", "agreement", "response", "delong",
+          "percist", "percist_confusion")
+REFERENCE = "manual"
+#: Response sources made of two masks (paper: U-Net_BL on baselines, U-Net_FU on follow-ups).
+COMPOSITES = {"nnunet_bl+fu": ("nnunet_bl", "nnunet_fu")}
+_META = ["study", "patient", "timepoint", "days", "site", "scanner"]
+_ACQ = {"baseline": lambda tp: tp == 0, "follow-up": lambda tp: tp > 0, "all": lambda tp: True}
+
+
+@dataclass
+class CohortTables:
+    """The cohort tables, the results Dataset and notes (``{table: [text]}``)."""
+
+    frames: dict[str, pd.DataFrame]
+    dataset: xr.Dataset
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _note(notes: dict[str, list[str]], table: str, text: str) -> None:
+    notes.setdefault(table, []).append(text)
+    log.info("%s: %s", table, text)
+
+
+# -- gathering ---------------------------------------------------------------------------------
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to ``a.b`` keys; a 3-vector ``*_mm`` list to ``_z/_y/_x``; other lists to JSON text."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{name}."))
+        elif isinstance(v, (list, tuple)) and len(v) == 3 and name.endswith("_mm") \
+                and all(isinstance(x, (int, float)) for x in v):
+            base = name[: -len("_mm")]
+            out.update({f"{base}_{ax}_mm": float(x) for ax, x in zip("zyx", v)})
+        elif isinstance(v, (list, tuple)):
+            out[name] = json.dumps(v)
+        else:
+            out[name] = v
+    return out
+
+
+@dataclass
+class Cohort:
+    """Study attrs and committed stage summaries of a store (all small JSON)."""
+
+    keys: list[str]
+    attrs: dict[str, dict]
+    summaries_by_stage: dict[str, dict[str, dict]]
+    failed: dict[str, int]
+
+    _cache: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _baselines: dict[str, str] | None = field(default=None, repr=False)
+
+    def meta(self, key: str) -> dict[str, Any]:
+        """Study, patient, timepoint, days, site, scanner of ``key`` (patient/timepoint from the key if absent)."""
+        if key not in self._cache:
+            self._cache[key] = self._meta(key)
+        return dict(self._cache[key])
+
+    def _meta(self, key: str) -> dict[str, Any]:
+        a = self.attrs.get(key, {})
+        patient, tp = split_study_key(key)
+        return {"study": key, "patient": a.get("patient", patient),
+                "timepoint": int(a.get("timepoint", tp if tp is not None else 0)),
+                "days": a.get("days_since_baseline"), "site": a.get("site"), "scanner": a.get("scanner")}
+
+    def summaries(self, stage: str) -> dict[str, dict]:
+        return self.summaries_by_stage.get(stage, {})
+
+    def followups(self) -> list[str]:
+        return [k for k in self.keys if self.meta(k)["timepoint"] > 0]
+
+    def baseline_of(self, key: str) -> str | None:
+        """The T0 study of ``key``'s patient, or None."""
+        if self._baselines is None:  # one pass over the cohort, not one per follow-up
+            self._baselines = {self.meta(k)["patient"]: k for k in self.keys if self.meta(k)["timepoint"] == 0}
+        return self._baselines.get(self.meta(key)["patient"])
+
+    def source_values(self, key: str, source: str) -> dict | None:
+        return (self.summaries("quantify").get(key, {}).get("sources") or {}).get(source)
+
+    def truth_percist(self, key: str) -> str | None:
+        truth = self.attrs.get(key, {}).get("truth")
+        return truth.get("percist") if isinstance(truth, dict) else None
+
+    def track_status(self) -> dict[tuple[str, str, Any], dict[str, Any]]:
+        """(study, source, lesion id) -> tracking columns.
+
+        A baseline lesion is keyed by the track record's ``baseline_source``
+        and takes its earliest follow-up; a lesion in several matches (split,
+        merged) lists its partners joined by ";".
+        """
+        out: dict[tuple[str, str, Any], dict[str, Any]] = {}
+        order = sorted(self.summaries("track").items(), key=lambda kv: -self.meta(kv[0])["timepoint"])
+        for key, summary in order:
+            bl_key = self.baseline_of(key)
+            seen: set[tuple[str, str, Any]] = set()
+            for src, tr in (summary.get("sources") or {}).items():
+                bl_src = (tr or {}).get("baseline_source") or src
+                for m in (tr or {}).get("matches") or []:
+                    ends = [((key, src, m.get("followup_lesion")), m.get("baseline_lesion"), bl_key),
+                            ((bl_key, bl_src, m.get("baseline_lesion")), m.get("followup_lesion"), key)]
+                    for where, partner, partner_study in ends:
+                        if where[0] is None or where[2] is None:
+                            continue
+                        row = {"track_status": m.get("status"), "track_distance_mm": m.get("distance_mm"),
+                               "track_partner": None if partner is None else str(partner),
+                               "track_partner_study": partner_study}
+                        if where in seen and out[where]["track_partner"] and row["track_partner"]:
+                            row["track_partner"] = f"{out[where]['track_partner']};{row['track_partner']}"
+                        out[where] = row
+                        seen.add(where)
+        return out
+
+
+def gather(store) -> Cohort:
+    """Read study attrs and committed stage summaries (records with another status are counted only)."""
+    keys = list(store.study_keys())
+    attrs = {k: dict(store.study_attrs(k)) for k in keys}
+    by_stage: dict[str, dict[str, dict]] = {}
+    failed: dict[str, int] = {}
+    for (key, stage), rec in store.stage_records().items():
+        if key not in attrs:
+            continue
+        if rec.get("status") == "committed":
+            by_stage.setdefault(stage, {})[key] = rec.get("summary") or {}
+        else:
+            failed[stage] = failed.get(stage, 0) + 1
+    return Cohort(keys, attrs, by_stage, failed)
+
+
+# -- studies and lesions -----------------------------------------------------------------------
+def studies_frame(c: Cohort) -> pd.DataFrame:
+    """One row per study x source with every quantify study biomarker (and ``*_reason``)."""
+    rows = [{**c.meta(key), "source": src, **flatten(vals)}
+            for key, summary in sorted(c.summaries("quantify").items())
+            for src, vals in sorted((summary.get("sources") or {}).items())]
+    return pd.DataFrame(rows, columns=None if rows else _META + ["source"])
+
+
+def lesions_frame(c: Cohort) -> pd.DataFrame:
+    """One row per lesion (quantify ``lesions``) with its tracking status when ``track`` ran."""
+    status = c.track_status()
+    rows = []
+    for key, summary in sorted(c.summaries("quantify").items()):
+        for src, lesions in sorted((summary.get("lesions") or {}).items()):
+            for lesion in lesions or []:
+                row = {**c.meta(key), "source": src, **flatten(lesion)}
+                row.update(status.get((key, src, lesion.get("lesion")), {}))
+                rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else _META + ["source", "lesion"])
+
+
+# -- segmentation (Table 1) --------------------------------------------------------------------
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if den > 0 else None
+
+
+def segmentation_frames(c: Cohort, notes: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 1 per source and acquisition, and the paired Dice comparison on follow-ups."""
+    per = [{"study": key, "timepoint": c.meta(key)["timepoint"], "source": src, **m}
+           for key, summary in c.summaries("evaluate").items()
+           for src, m in (summary.get("sources") or {}).items()]
+    cols = ["source", "acquisitions", "n", "n_dice_missing", "mean_dice", "sd_dice", "global_dice", "recall",
+            "precision", "fp_volume_ml", "fn_volume_ml"]
+    paired_cols = ["source_a", "source_b", "acquisitions", "n", "mean_difference", "wilcoxon_statistic",
+                   "wilcoxon_p", "method", "reason"]
+    if not per:
+        _note(notes, "segmentation", "no committed evaluate records: no segmentation metrics")
+        return pd.DataFrame(columns=cols), pd.DataFrame(columns=paired_cols)
+    ev = pd.DataFrame(per)
+    ev["acquisitions"] = np.where(ev["timepoint"] > 0, "follow-up", "baseline")
+    rows = []
+    for (src, acq), g in ev.groupby(["source", "acquisitions"], sort=True):
+        dice = pd.to_numeric(g["dice"], errors="coerce").dropna()
+        tot = {k: float(pd.to_numeric(g.get(k), errors="coerce").fillna(0).sum())
+               for k in ("intersect", "truth_voxels", "pred_voxels", "tp", "fn", "tp_pred", "fp")}
+        rows.append({"source": src, "acquisitions": acq, "n": int(dice.size), "n_dice_missing": int(len(g) - dice.size),
+                     "mean_dice": float(dice.mean()) if dice.size else None,
+                     "sd_dice": float(dice.std(ddof=1)) if dice.size > 1 else None,
+                     # pooled voxel-wise over the studies (METHODS.md "global Dice")
+                     "global_dice": _ratio(2 * tot["intersect"], tot["truth_voxels"] + tot["pred_voxels"]),
+                     "recall": _ratio(tot["tp"], tot["tp"] + tot["fn"]),
+                     "precision": _ratio(tot["tp_pred"], tot["tp_pred"] + tot["fp"]),
+                     "fp_volume_ml": float(pd.to_numeric(g["fp_volume_ml"], errors="coerce").mean()),
+                     "fn_volume_ml": float(pd.to_numeric(g["fn_volume_ml"], errors="coerce").mean())})
+    _note(notes, "segmentation", "recall/precision pool lesion counts over studies; fp/fn volumes are "
+                                 "means per study (mL); sd_dice uses ddof=1")
+    fu = ev[ev["acquisitions"] == "follow-up"].pivot_table(index="study", columns="source", values="dice",
+                                                           aggfunc="first")
+    paired = []
+    for a, b in itertools.combinations(sorted(fu.columns), 2):
+        both = fu[[a, b]].apply(pd.to_numeric, errors="coerce").dropna()
+        row: dict[str, Any] = dict.fromkeys(paired_cols)
+        row.update(source_a=a, source_b=b, acquisitions="follow-up", n=int(len(both)))
+        if len(both):
+            row["mean_difference"] = float((both[a] - both[b]).mean())
+        try:
+            w = wilcoxon_signed_rank(both[a], both[b])
+            row.update(wilcoxon_statistic=w.statistic, wilcoxon_p=w.p, method=w.method)
+        except StatsError as exc:
+            row["reason"] = exc.reason
+        paired.append(row)
+    if not paired:
+        _note(notes, "segmentation_paired", "fewer than two automatic sources on follow-ups")
+    return pd.DataFrame(rows, columns=cols), pd.DataFrame(paired, columns=paired_cols)
+
+
+# -- agreement ---------------------------------------------------------------------------------
+def _biomarkers(studies: pd.DataFrame) -> list[str]:
+    skip = set(_META) | {"source", "kernel_voxels", "kernel_ml"}
+    return [c for c in studies.columns if c not in skip and not c.endswith("_reason")
+            and pd.to_numeric(studies[c], errors="coerce").notna().any()]
+
+
+def agreement_frame(studies: pd.DataFrame, notes: dict) -> pd.DataFrame:
+    """Per biomarker, automatic source and acquisition group: CCC, Spearman, Wilcoxon, KS vs manual."""
+    cols = ["biomarker", "source", "reference", "acquisitions", "n", "n_missing", "ccc", "ccc_ci_low",
+            "ccc_ci_high", "spearman_rho", "spearman_p", "wilcoxon_p", "ks_p_difference", "reason"]
+    if studies.empty or REFERENCE not in set(studies.get("source", [])):
+        _note(notes, "agreement", f"no {REFERENCE!r} source: no agreement statistics")
+        return pd.DataFrame(columns=cols)
+    wide = {b: studies.pivot_table(index="study", columns="source", values=b, aggfunc="first")
+            for b in _biomarkers(studies)}
+    tp = studies.groupby("study")["timepoint"].first()
+    rows = []
+    for b, frame in wide.items():
+        for src in [s for s in frame.columns if s != REFERENCE]:
+            if REFERENCE not in frame.columns:
+                continue
+            for acq, keep in _ACQ.items():
+                sel = frame[[src, REFERENCE]][tp.reindex(frame.index).map(keep).astype(bool)]
+                sel = sel.apply(pd.to_numeric, errors="coerce")
+                ok = sel.dropna()
+                row: dict[str, Any] = dict.fromkeys(cols)
+                row.update(biomarker=b, source=src, reference=REFERENCE, acquisitions=acq, n=len(ok),
+                           n_missing=int(len(sel) - len(ok)))
+                reasons = []
+                for name, fn in (("ccc", lambda: lins_ccc(ok[src], ok[REFERENCE])),
+                                 ("spearman", lambda: spearman(ok[src], ok[REFERENCE])),
+                                 ("wilcoxon", lambda: wilcoxon_signed_rank(ok[src], ok[REFERENCE])),
+                                 ("ks", lambda: ks_normality(ok[src] - ok[REFERENCE]))):
+                    try:
+                        r = fn()
+                    except StatsError as exc:
+                        reasons.append(f"{name}:{exc.reason}")
+                        continue
+                    if name == "ccc":
+                        row.update(ccc=r.ccc, ccc_ci_low=r.ci_low, ccc_ci_high=r.ci_high)
+                    elif name == "spearman":
+                        row.update(spearman_rho=r.rho, spearman_p=r.p)
+                    elif name == "wilcoxon":
+                        row["wilcoxon_p"] = r.p
+                    else:
+                        row["ks_p_difference"] = r.p
+                row["reason"] = ";".join(reasons) or None
+                rows.append(row)
+    _note(notes, "agreement", "pairs with a missing value on either side are dropped (n_missing); KS tests the "
+                              "automatic - manual differences against a fitted normal, no Lilliefors correction")
+    return pd.DataFrame(rows, columns=cols)
+
+
+# -- response (Table 2) and DeLong -------------------------------------------------------------
+def _labels(c: Cohort, notes: dict) -> tuple[dict[str, bool | None], str | None]:
+    percist = c.summaries("percist")
+    calls = {k: ((s.get("sources") or {}).get(REFERENCE) or {}).get("category") for k, s in percist.items()}
+    if any(v is not None for v in calls.values()):
+        return {k: resp.responder_label(v) for k, v in calls.items()}, f"percist:{REFERENCE}"
+    truth = {k: c.truth_percist(k) for k in c.followups()}
+    if any(v is not None for v in truth.values()):
+        _note(notes, "response", f"no PERCIST calls on the {REFERENCE!r} source: labels from truth.percist attrs")
+        return {k: resp.responder_label(v) for k, v in truth.items()}, "truth"
+    return {}, None
+
+
+def _delta_frame(c: Cohort, source: str, biomarkers: list[str], notes: dict) -> pd.DataFrame:
+    bl_src, fu_src = COMPOSITES.get(source, (source, source))
+    rows, found = {}, []
+    for key in c.followups():
+        bl_key = c.baseline_of(key)
+        bl = c.source_values(bl_key, bl_src) if bl_key else None
+        fu = c.source_values(key, fu_src)
+        if bl is None and fu is None:
+            continue
+        d = resp.study_deltas(bl or {}, fu or {}, biomarkers)
+        found.append(d)
+        rows[key] = {b: v.value for b, v in d.items()}
+    counts = resp.count_reasons(found)
+    if counts:
+        _note(notes, "response", f"{source}: missing deltas {json.dumps(counts, sort_keys=True)}")
+    return pd.DataFrame.from_dict(rows, orient="index", columns=biomarkers, dtype=float)
+
+
+def response_frames(c: Cohort, studies: pd.DataFrame, notes: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2 and the pairwise DeLong tests per source (follow-up vs the patient's baseline)."""
+    labels, label_source = _labels(c, notes)
+    head = ["source", "label_source"]
+    if studies.empty or label_source is None:
+        _note(notes, "response", "no responder labels (no PERCIST calls, no truth.percist) or no biomarkers")
+        return (pd.DataFrame(columns=head + resp.TABLE2_COLUMNS),
+                pd.DataFrame(columns=head + ["biomarker_a", "biomarker_b", "n", "auc_a", "auc_b", "z", "p", "reason"]))
+    biomarkers = [b for b in resp.BIOMARKERS if b in studies.columns]
+    sources = sorted(set(studies["source"]))
+    sources += [k for k, parts in COMPOSITES.items() if set(parts) <= set(sources)]
+    tables, delongs = [], []
+    for src in sources:
+        deltas = _delta_frame(c, src, biomarkers, notes)
+        y = pd.Series({k: labels.get(k) for k in deltas.index}, dtype=object)
+        for frame, out in ((resp.response_table(deltas, y, biomarkers=biomarkers), tables),
+                           (resp.pairwise_delong(deltas, y, biomarkers=biomarkers), delongs)):
+            frame.insert(0, "label_source", label_source)
+            frame.insert(0, "source", src)
+            out.append(frame)
+    _note(notes, "response", "one row per follow-up study vs its patient's baseline; several follow-ups of "
+                             "one patient are treated as independent")
+    return pd.concat(tables, ignore_index=True), pd.concat(delongs, ignore_index=True)
+
+
+# -- PERCIST -----------------------------------------------------------------------------------
+def percist_frames(c: Cohort, notes: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per follow-up PERCIST call (evidence flattened), and the confusion vs ``truth.percist``."""
+    rows = []
+    for key, summary in sorted(c.summaries("percist").items()):
+        for src, call in sorted((summary.get("sources") or {}).items()):
+            call = call or {}
+            rows.append({**c.meta(key), "source": src, "category": call.get("category"),
+                         "reason": call.get("reason"), "rule": call.get("rule"),
+                         "qc_flags": ";".join(map(str, call.get("qc_flags") or [])) or None,
+                         "truth_percist": c.truth_percist(key),
+                         **flatten(call.get("evidence") or {}, prefix="evidence.")})
+    calls = pd.DataFrame(rows, columns=None if rows else _META + ["source", "category", "reason", "rule",
+                                                                  "qc_flags", "truth_percist"])
+    conf_cols = ["source", "truth", "call", "count"]
+    if calls.empty or calls["truth_percist"].isna().all():
+        _note(notes, "percist_confusion", "no PERCIST calls with a truth.percist attr to compare")
+        return calls, pd.DataFrame(columns=conf_cols)
+    known = calls[calls["truth_percist"].notna()]
+    conf = (known.assign(call=known["category"].fillna("none")).groupby(["source", "truth_percist", "call"])
+            .size().reset_index(name="count").rename(columns={"truth_percist": "truth"}))
+    for src, g in known.groupby("source"):
+        _note(notes, "percist_confusion", f"{src}: {int((g['category'] == g['truth_percist']).sum())} of "
+                                          f"{len(g)} calls equal truth.percist")
+    return calls, conf[conf_cols]
+
+
+# -- results.zarr ------------------------------------------------------------------------------
+def results_dataset(c: Cohort, studies: pd.DataFrame) -> xr.Dataset:
+    """Dataset with dim ``study`` (coords patient, timepoint, site, scanner, days) and ``source``.
+
+    Variables: every numeric study biomarker (study, source), float64 with NaN
+    where missing (the reason is in the ``studies`` table); ``dice``,
+    ``recall``, ``precision`` from evaluate; ``percist_category`` (study,
+    source; "" = none) and ``truth_percist`` (study; "" = none).
+    """
+    keys = c.keys
+    meta = pd.DataFrame([c.meta(k) for k in keys], columns=_META)
+    evals = c.summaries("evaluate")
+    calls = c.summaries("percist")
+    sources = sorted(set(studies.get("source", pd.Series(dtype=object)))
+                     | {s for v in evals.values() for s in (v.get("sources") or {})}
+                     | {s for v in calls.values() for s in (v.get("sources") or {})})
+    shape = (len(keys), len(sources))
+    pos = {k: i for i, k in enumerate(keys)}
+    spos = {s: j for j, s in enumerate(sources)}
+    data: dict[str, Any] = {}
+    for b in _biomarkers(studies) if not studies.empty else []:
+        arr = np.full(shape, np.nan)
+        vals = pd.to_numeric(studies[b], errors="coerce").to_numpy()
+        for k, s, v in zip(studies["study"], studies["source"], vals):
+            arr[pos[k], spos[s]] = v
+        data[b] = (("study", "source"), arr)
+    for name in ("dice", "recall", "precision"):
+        arr = np.full(shape, np.nan)
+        for k, summary in evals.items():
+            for s, m in (summary.get("sources") or {}).items():
+                arr[pos[k], spos[s]] = np.nan if m.get(name) is None else float(m[name])
+        data[name] = (("study", "source"), arr)
+    cat = np.full(shape, "", dtype=object)
+    for k, summary in calls.items():
+        for s, call in (summary.get("sources") or {}).items():
+            cat[pos[k], spos[s]] = (call or {}).get("category") or ""
+    data["percist_category"] = (("study", "source"), cat)
+    data["truth_percist"] = ("study", np.array([c.truth_percist(k) or "" for k in keys], dtype=object))
+    coords = {"study": np.array(keys, dtype=object), "source": np.array(sources, dtype=object),
+              "patient": ("study", meta["patient"].astype(object).to_numpy()),
+              "timepoint": ("study", meta["timepoint"].astype(np.int64).to_numpy()),
+              "site": ("study", meta["site"].fillna("").astype(object).to_numpy()),
+              "scanner": ("study", meta["scanner"].fillna("").astype(object).to_numpy()),
+              "days": ("study", pd.to_numeric(meta["days"], errors="coerce").astype(float).to_numpy())}
+    return xr.Dataset(data, coords=coords, attrs={"reference_source": REFERENCE,
+                                                  "description": "petcohort per-study results"})
+
+
+# -- entry points ------------------------------------------------------------------------------
+def collect(store) -> CohortTables:
+    """Gather every cohort table, the results Dataset and notes from ``store`` (records and attrs only)."""
+    c = gather(store)
+    notes: dict[str, list[str]] = {}
+    for stage, n in sorted(c.failed.items()):
+        _note(notes, "stages", f"{n} failed {stage} record(s) left out")
+    studies = studies_frame(c)
+    if studies.empty:
+        _note(notes, "studies", "no committed quantify records")
+    seg, seg_paired = segmentation_frames(c, notes)
+    response, delong = response_frames(c, studies, notes)
+    percist, confusion = percist_frames(c, notes)
+    frames = {"studies": studies, "lesions": lesions_frame(c), "segmentation": seg,
+              "segmentation_paired": seg_paired, "agreement": agreement_frame(studies, notes),
+              "response": response, "delong": delong, "percist": percist, "percist_confusion": confusion}
+    return CohortTables(frames, results_dataset(c, studies), notes)
+
+
+def _arrow_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding several Python types (e.g. str and float) become text for Parquet."""
+    out = frame.copy()
+    for col in out.columns[out.dtypes == object]:
+        kinds = {type(v) for v in out[col] if v is not None and not (isinstance(v, float) and np.isnan(v))}
+        if len(kinds - {int, float}) and len(kinds) > 1:
+            out[col] = [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in out[col]]
+    return out
+
+
+def build_outputs(store, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``results.zarr``, ``tables/<name>.parquet`` + ``.csv`` and ``tables/notes.json`` into ``out_dir``.
+
+    Returns
+    -------
+    dict
+        ``{"results": path, "<table>": parquet path, ..., "notes": path}``.
+        The notes (``{table: [text]}``) say what could not be computed and why.
+    """
+    out = Path(out_dir)
+    tdir = out / "tables"
+    tdir.mkdir(parents=True, exist_ok=True)
+    result = collect(store)
+    paths: dict[str, Path] = {"results": out / "results.zarr"}
+    result.dataset.to_zarr(paths["results"], mode="w", consolidated=False)
+    for name in TABLES:
+        frame = _arrow_safe(result.frames[name])
+        frame.to_parquet(tdir / f"{name}.parquet", index=False)
+        frame.to_csv(tdir / f"{name}.csv", index=False)
+        paths[name] = tdir / f"{name}.parquet"
+    paths["notes"] = tdir / "notes.json"
+    paths["notes"].write_text(json.dumps(result.notes, indent=1, sort_keys=True))
+    log.info("wrote results.zarr and %d tables to %s", len(TABLES), out)
+    return paths

@@ -1,0 +1,248 @@
+"""Cohort report: sections, figures, missing-data behaviour, QC MIPs, size bound."""
+from __future__ import annotations
+
+import base64
+import re
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from petcohort.engine.errors import InputError
+from petcohort.pipelines.config import RunConfig
+from petcohort.pipelines.stage_qc import coronal_mip, pet_mip_uint8, qc_stage
+from petcohort.pipelines.stages import StageContext
+from petcohort.storage.store import CohortStore
+
+# Reference PERCIST calls of the hand-made follow-ups: patients 0, 2, 4 respond.
+_CALLS = ("PMR", "PMD", "CMR", "SMD", "PMR", "PMD")
+
+
+def _volumes(rng: np.random.Generator, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pet = rng.uniform(0.5, 1.5, (12, 8, 10)).astype(np.float32)
+    pet[8:11, 3:5, 2:5] = 6.0 * scale  # lesion; rows 8-10 = cranial after the flip
+    manual = np.zeros(pet.shape, np.uint8)
+    manual[8:11, 3:5, 2:5] = 1
+    auto = manual.copy()
+    auto[8, 3, 2] = 0
+    return pet, manual, auto
+
+
+def make_store(url, *, patients: int = 6, identifiers: tuple[str, ...] = (), broken: bool = True,
+               records: bool = True) -> CohortStore:
+    """A tiny hand-made store: baseline + one follow-up per patient, quantify/qc records, one failure.
+
+    ``records=False`` writes only studies and arrays (for a real run to process).
+    """
+    store = CohortStore.create(url)
+    rng = np.random.default_rng(0)
+    ids = list(identifiers) + [f"SYN-{i:04d}" for i in range(patients - len(identifiers))]
+    for i, raw in enumerate(ids):
+        patient = store.pseudonym(raw)
+        for tp in (0, 1):
+            key = f"{patient}-T{tp}"
+            responder = _CALLS[i % len(_CALLS)] in ("PMR", "CMR")
+            scale = 1.0 if tp == 0 else (0.4 if responder else 1.3)
+            pet, manual, auto = _volumes(rng, scale)
+            attrs = {"patient": patient, "study": key, "timepoint": tp, "days_since_baseline": 0 if tp == 0 else 90,
+                     "site": f"site{i % 2}", "scanner": f"scanner{i % 3}", "spacing": [4.0, 4.0, 2.0],
+                     "origin": [0.0, 0.0, 0.0], "sul_per_suvbw": 0.8, "sul_reason": None, "source": "synthetic",
+                     "suv": {"units": "BQML", "decay_correction": "START", "reference_rule": "series_time",
+                             "bw_factor": 1e-4, "lbm_factor": 8e-5, "overrides": []},
+                     "truth": {"percist": _CALLS[i % len(_CALLS)] if tp else None, "lesions": []}}
+            store.add_study(key, attrs)
+            store.write_arrays(key, {"pet": pet, "seg/manual": manual, "seg/threshold_41pct": auto})
+            if not records:
+                continue
+            sources = {}
+            for src, mask in (("manual", manual), ("threshold_41pct", auto)):
+                vals = pet[mask > 0]
+                mtv = mask.sum() * 0.032
+                sources[src] = {"sulpeak": float(vals.max() * 0.8), "tlg": float(mtv * vals.mean()),
+                                "pbi": float(mask.sum() / 960.0), "pli": float(mask.sum() / 480.0)}
+            store.commit_stage(key, "quantify", arrays={}, record={"summary": {"sources": sources}})
+            ctx = StageContext(store=store, key=key, attrs=attrs, config=RunConfig())
+            out = qc_stage(ctx)
+            store.commit_stage(key, "qc", arrays=out.arrays, record={"summary": out.summary})
+    if broken and records:
+        key = store.study_keys()[0]
+        store.fail_stage(key, "threshold", record={"reason": "ORGAN_MASK_EMPTY", "message": "liver mask is empty"})
+    return store
+
+
+def test_coronal_mip_orientation_and_window():
+    vol = np.zeros((3, 2, 2), np.float32)
+    vol[2, 1, 0] = 20.0  # most cranial slice (largest Z) -> row 0 after the flip
+    vol[0, 0, 1] = 5.0
+    mip = pet_mip_uint8(vol)
+    assert mip.shape == (3, 2) and mip.dtype == np.uint8
+    assert mip[0, 0] == 255 and mip[2, 1] == 128 and mip[1].max() == 0
+    assert coronal_mip(vol)[0, 0] == 20.0
+
+
+def test_qc_rejects_bad_input():
+    with pytest.raises(InputError) as exc:
+        pet_mip_uint8(np.zeros((3, 3)))
+    assert exc.value.reason == "QC_BAD_VOLUME"
+    with pytest.raises(InputError) as exc:
+        pet_mip_uint8(np.full((2, 2, 2), np.nan))
+    assert exc.value.reason == "QC_NONFINITE_PET"
+
+
+def test_qc_stage_outputs(tmp_path):
+    store = make_store(tmp_path / "s.zarr", patients=1, broken=False)
+    key = store.study_keys()[0]
+    names = store.array_names(key)
+    assert {"qc/mip_pet", "qc/mip_manual", "qc/mip_threshold_41pct"} <= set(names)
+    mip = store.read_array(key, "qc/mip_manual")
+    assert mip.shape == (12, 10) and mip.dtype == np.uint8
+    # the lesion sat at Z 8-10 -> rows 1-3 after the head-up flip
+    assert mip[1:4, 2:5].all() and mip[4:].sum() == 0
+    rec = store.stage_record(key, "qc")
+    assert rec["summary"]["mip_spacing_mm"] == [4.0, 2.0] and rec["summary"]["mip_shape"] == [12, 10]
+
+
+def _sections(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<section id="([^"]+)" data-section="[^"]+" data-status="(ok|partial|missing)"', html))
+
+
+def test_report_sections_and_figures(tmp_path):
+    from petcohort.pipelines.report import write_report
+
+    store = make_store(tmp_path / "s.zarr")
+    path = write_report(store.url, tmp_path / "out")
+    html = path.read_text()
+    status = _sections(html)
+    for sid in ("summary", "fig-mips", "fig-agreement", "fig-roc", "fig-trajectories", "table-suv-provenance"):
+        assert status.get(sid) == "ok", (sid, status)
+    for fig in ("agreement-scatter", "roc-curves", "trajectories"):
+        assert f'data-figure="{fig}"' in html
+    assert html.count('data-figure="mip-P-') == 6
+    assert "ORGAN_MASK_EMPTY" in html and 'data-table="failures"' in html
+    assert "Lin&#x27;s CCC" in html and "Spearman" in html and "AUC" in html
+    # self-contained: no external resources or scripts
+    assert not re.search(r'(src|href)="(https?:)?//', html) and "<script" not in html
+    for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', html)[:3]:
+        assert base64.b64decode(uri)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_renders_when_nothing_computed(tmp_path):
+    from petcohort.pipelines.report import write_report
+
+    store = CohortStore.create(tmp_path / "empty.zarr")
+    html = write_report(store.url, tmp_path / "out").read_text()
+    status = _sections(html)
+    assert status["summary"] == "partial" and "The store holds no studies." in html
+    assert status["fig-roc"] == "missing" and status["fig-mips"] == "missing"
+    assert "data-missing=\"fig-agreement\"" in html
+
+
+def test_report_baselines_only_says_no_followup(tmp_path):
+    from petcohort.pipelines.report import render_report
+
+    store = make_store(tmp_path / "s.zarr", patients=3, broken=False)
+    for key in store.study_keys():
+        if key.endswith("-T1"):
+            store.update_study_attrs(key, {"timepoint": 0})  # every study a baseline: no follow-up
+    html = render_report(CohortStore.open(store.url, mode="r"), {})
+    assert _sections(html)["fig-trajectories"] == "missing"
+    assert "No follow-up" in html
+
+
+def _fake_tables(n_patients: int) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    rng = np.random.default_rng(1)
+    rows, meta = [], []
+    for p in range(n_patients):
+        pk = f"P-{p:010x}"
+        for tp in (0, 1):
+            key = f"{pk}-T{tp}"
+            meta.append({"study": key, "patient": pk, "timepoint": tp, "days": 90 * tp, "site": f"s{p % 4}",
+                         "scanner": f"c{p % 6}", "truth_percist": (("PMR", "SMD")[p % 2] if tp else None)})
+            base = rng.uniform(1, 10, 4)
+            for src in ("manual", "nnunet_bl", "nnunet_fu"):
+                vals = base * rng.normal(1, 0.1, 4) * (0.5 if (tp and p % 2 == 0) else 1.0)
+                rows.append({"study": key, "source": src, **dict(zip(("sulpeak", "tlg", "pbi", "pli"), vals))})
+    return {"studies": pd.DataFrame(rows)}, pd.DataFrame(meta)
+
+
+def test_report_data_long_and_wide_agree():
+    from petcohort.pipelines import report_data as rd
+
+    tables, meta = _fake_tables(4)
+    long = rd.biomarker_long(tables["studies"])
+    wide = long.pivot(index="study", columns="source").sort_index(axis=1)
+    wide.columns = [f"{b}_{s}" for b, s in wide.columns]
+    again = rd.biomarker_long(wide.reset_index())
+    merged = long.merge(again, on=["study", "source"], suffixes=("", "_w"))
+    assert len(merged) == len(long) and np.allclose(merged["tlg"], merged["tlg_w"])
+    auto = rd.automatic_values(long, meta)
+    assert set(auto.loc[auto.timepoint == 0, "auto_source"]) == {"nnunet_bl"}
+    assert set(auto.loc[auto.timepoint == 1, "auto_source"]) == {"nnunet_fu"}
+    resp, undefined = rd.response_frame(auto, meta, None)
+    row = resp.iloc[0]
+    bl = auto[(auto.patient == row.patient) & (auto.timepoint == 0)].iloc[0]
+    fu = auto[auto.study == row.study].iloc[0]
+    assert row.delta_tlg == pytest.approx((fu.tlg - bl.tlg) / bl.tlg * 100)
+    assert undefined == {"sulpeak": 0, "tlg": 0, "pbi": 0, "pli": 0}
+
+
+class FakeStore:
+    """The store API the report reads, serving 1,000 studies from fake frames (no volumes on disk)."""
+
+    def __init__(self, meta: pd.DataFrame):
+        self.meta = meta.set_index("study")
+        rng = np.random.default_rng(2)
+        self.mip = rng.integers(0, 255, (160, 60), dtype=np.uint8)
+        self.seg = (self.mip > 240).astype(np.uint8)
+
+    def study_keys(self):
+        return self.meta.index.tolist()
+
+    def study_attrs(self, key):
+        r = self.meta.loc[key]
+        return {"patient": r.patient, "timepoint": int(r.timepoint), "days_since_baseline": int(r.days),
+                "site": r.site, "scanner": r.scanner, "truth": {"percist": r.truth_percist},
+                "suv": {"units": "BQML"}, "sul_per_suvbw": 0.8}
+
+    def stage_records(self):
+        return {(k, "qc"): self.stage_record(k, "qc") for k in self.meta.index}
+
+    def stage_record(self, key, stage):
+        return {"status": "committed", "summary": {"mip_spacing_mm": [4.0, 4.0]}}
+
+    def has_array(self, key, name):
+        return True
+
+    def array_names(self, key):
+        return ["pet", "qc/mip_manual", "qc/mip_nnunet_bl", "qc/mip_pet"]
+
+    def read_array(self, key, name):
+        return self.mip if name == "qc/mip_pet" else self.seg
+
+
+def render_1000(tmp_path):
+    """Write the 1,000-study (500 patients x 2) report; returns (path, seconds)."""
+    from petcohort.pipelines.report import render_report
+
+    tables, meta = _fake_tables(500)
+    t0 = time.perf_counter()
+    html = render_report(FakeStore(meta), tables)
+    seconds = time.perf_counter() - t0
+    path = tmp_path / "report.html"
+    path.write_text(html, encoding="utf-8")
+    return path, seconds
+
+
+@pytest.mark.slow
+def test_report_bounded_for_1000_studies(tmp_path):
+    """Render the 1,000-study report from fake tables; measure time and size."""
+    from petcohort.pipelines.report import MAX_MIP_PATIENTS
+
+    path, seconds = render_1000(tmp_path)
+    html = path.read_text()
+    size_mb = path.stat().st_size / 1e6
+    print(f"1000-study report: {seconds:.1f} s, {size_mb:.2f} MB")
+    assert html.count('data-figure="mip-P-') == MAX_MIP_PATIENTS
+    assert f"Showing {MAX_MIP_PATIENTS} of 500 patients" in html
+    assert size_mb < 50
