@@ -22,7 +22,7 @@ import time
 from functools import partial
 from typing import Any
 
-from petcohort.engine.errors import InputError
+from petcohort.engine.errors import InputError, PetCohortError
 from petcohort.pipelines import dashboard_data as dd
 
 __all__ = ["serve", "build_app", "make_document", "Dashboard", "check_port"]
@@ -64,10 +64,12 @@ class Dashboard:
         self.bars.hbar_stack(["committed", "failed", "pending"], y="stage", height=0.8,
                              color=["#1a9850", "#d73027", "#cccccc"], source=self.progress_src,
                              legend_label=["committed", "failed", "pending"])
-        self.timeline_src = ColumnDataSource({"minute": [], "commits": []})
-        self.timeline = figure(title="Commits per minute", height=220, width=560, toolbar_location=None,
-                               x_axis_label="minutes since first commit", name="throughput")
-        self.timeline.vbar(x="minute", top="commits", width=0.9, source=self.timeline_src, color="#4575b4")
+        self.bars.add_layout(self.bars.legend[0], "right")  # beside the bars, not over them
+        self.timeline_src = ColumnDataSource({"left": [], "right": [], "per_minute": []})
+        self.timeline = figure(title="Commit rate (commits per minute)", height=220, width=560,
+                               toolbar_location=None, x_axis_label="minutes since first commit", name="throughput")
+        self.timeline.quad(left="left", right="right", bottom=0, top="per_minute", source=self.timeline_src,
+                           color="#4575b4")
         self.fail_src = ColumnDataSource({"study": [], "stage": [], "reason": [], "message": []})
         self.fail_table = DataTable(source=self.fail_src, name="failures", height=200, width=1120,
                                     columns=[TableColumn(field="study", title="study", width=160),
@@ -103,13 +105,17 @@ class Dashboard:
         return {name: sum(1 for k in keys if STAGES[name].applies(self._attrs[k])) for name in stage_order()}
 
     def _dask_link(self) -> str:
-        link = self.dask_dashboard
-        if link is None:
-            run = self.store.read_json("run")
-            link = run.get("dashboard") if isinstance(run, dict) else None
+        """Run status and Dask dashboard link (argument, else the runner's ``run`` JSON in the store)."""
+        run = self.store.read_json("run")
+        run = run if isinstance(run, dict) else {}
+        link = self.dask_dashboard or run.get("dashboard")
+        state = run.get("status")
+        head = f"Run: <b>{html.escape(str(state))}</b>. " if state else "No run recorded. "
         if not link:
-            return "Dask dashboard: not known (pass <code>dask_dashboard</code> or start a run)."
-        return f'Dask dashboard: <a href="{html.escape(link, quote=True)}" target="_blank">{html.escape(link)}</a>'
+            return head + "Dask dashboard: not known (pass <code>dask_dashboard</code> or start a run)."
+        gone = " (the run has finished; its cluster may be gone)" if state == "finished" else ""
+        href = html.escape(link, quote=True)
+        return head + f'Dask dashboard: <a href="{href}" target="_blank">{html.escape(link)}</a>{gone}'
 
     def update(self) -> dd.Snapshot | None:
         """Re-read the store and refresh every model; skipped while a slow store is being polled."""
@@ -117,10 +123,19 @@ class Dashboard:
         if now < self._next_due:
             return None
         t0 = time.perf_counter()
+        try:
+            return self._refresh(now, t0)
+        except PetCohortError as exc:
+            # e.g. a record replaced between listing and reading: show it, poll again next time
+            log.warning("dashboard poll failed: %s", exc.reason)
+            self.status.text = f'<div class="pc-error">Store read failed ({html.escape(exc.reason)}); retrying.</div>'
+            return None
+
+    def _refresh(self, now: float, t0: float) -> dd.Snapshot:
         snap = dd.snapshot(self.store.stage_records(), self._applicable())
         prog = snap.progress
         self.progress_src.data = {c: prog[c].tolist() for c in dd.PROGRESS_COLUMNS}
-        self.bars.y_range.factors = prog["stage"].tolist()
+        self.bars.y_range.factors = prog["stage"].tolist()[::-1]  # first stage on top
         self.progress_table.text = progress_html(prog)
         pct = 100.0 * snap.done / snap.total if snap.total else 0.0
         self.status.text = (f'<div class="pc-status" data-done="{snap.done}" data-total="{snap.total}" '
@@ -128,8 +143,9 @@ class Dashboard:
                             f"study-stages done ({pct:.0f}%), {len(snap.failures)} failed; throughput "
                             f"{snap.per_minute:.1f} commits/min (last 5 min)</div>")
         self.link.text = self._dask_link()
-        self.timeline_src.data = {"minute": snap.timeline["minute"].tolist(),
-                                  "commits": snap.timeline["commits"].tolist()}
+        tl = snap.timeline
+        self.timeline_src.data = {"left": tl["minute"].tolist(), "right": (tl["minute"] + tl["width"]).tolist(),
+                                  "per_minute": tl["per_minute"].tolist()}
         self.fail_src.data = {c: snap.failures[c].tolist() for c in ("study", "stage", "reason", "message")}
         self._update_hists(snap.biomarkers)
         if snap.latest_qc != self._qc_shown:

@@ -34,7 +34,7 @@ class Snapshot:
     per_minute : float
         Commits per minute over the last ``window_min`` minutes.
     timeline : DataFrame
-        ``minute`` (minutes since the first commit) and ``commits`` per minute.
+        Commit rate over time (see :func:`throughput`).
     failures : DataFrame
         study, stage, reason, message.
     biomarkers : dict of str -> dict of str -> ndarray
@@ -97,20 +97,28 @@ def progress_frame(records: dict, applicable: dict[str, int]) -> pd.DataFrame:
 
 def throughput(records: dict, *, now: _dt.datetime | None = None, window_min: float = 5.0
                ) -> tuple[float, pd.DataFrame]:
-    """Commits per minute over the last ``window_min`` minutes, and commits per minute since the first."""
+    """Commits per minute over the last ``window_min`` minutes, and the commit-rate timeline.
+
+    The timeline bins commits by finish time: 10 s bins while the run is
+    younger than ``window_min`` (a one-minute bin would hide a short run), else
+    1 min bins. Columns: ``minute`` (bin start, minutes since the first
+    commit), ``width`` (bin width, minutes), ``commits`` (count), ``per_minute``.
+    """
+    cols = ["minute", "width", "commits", "per_minute"]
     times = sorted(t for r in records.values() if r.get("status") == "committed" and (t := _finished(r)))
     if not times:
-        return 0.0, pd.DataFrame({"minute": [], "commits": []})
+        return 0.0, pd.DataFrame({c: [] for c in cols})
     now = now or _dt.datetime.now(_dt.timezone.utc)
     lo = now - _dt.timedelta(minutes=window_min)
     recent = sum(1 for t in times if t >= lo)
     # A run younger than the window is measured over its own age, not diluted by the empty part.
     span = min(window_min, max((now - times[0]).total_seconds() / 60.0, 1.0 / 60.0))
-    minutes = np.array([(t - times[0]).total_seconds() / 60.0 for t in times])
-    bins = np.floor(minutes).astype(int)
-    counts = np.bincount(bins)
-    timeline = pd.DataFrame({"minute": np.arange(counts.size, dtype=float), "commits": counts.astype(float)})
-    return recent / span, timeline
+    seconds = np.array([(t - times[0]).total_seconds() for t in times])
+    bin_s = 10.0 if seconds[-1] < window_min * 60.0 else 60.0
+    counts = np.bincount(np.floor(seconds / bin_s).astype(int))
+    timeline = pd.DataFrame({"minute": np.arange(counts.size) * bin_s / 60.0, "width": bin_s / 60.0,
+                             "commits": counts.astype(float), "per_minute": counts * 60.0 / bin_s})
+    return recent / span, timeline[cols]
 
 
 def failures(records: dict) -> pd.DataFrame:

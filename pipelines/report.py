@@ -22,7 +22,7 @@ import pandas as pd
 from petcohort.engine.errors import PetCohortError
 from petcohort.pipelines import figures
 from petcohort.pipelines import report_data as rd
-from petcohort.pipelines.report_html import figure, page, section, table_html
+from petcohort.pipelines.report_html import esc, figure, page, section, table_html
 
 __all__ = ["write_report", "render_report", "MAX_MIP_PATIENTS", "MAX_TRAJECTORIES"]
 
@@ -66,7 +66,7 @@ def write_report(store_url: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = rd.load_tables(store, out)
-    text = render_report(store, tables)
+    text = render_report(store, tables, notes=rd.load_notes(out))
     path = out / "report.html"
     tmp = out / ".report.html.tmp"
     tmp.write_text(text, encoding="utf-8")
@@ -75,8 +75,9 @@ def write_report(store_url: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     return path
 
 
-def render_report(store, tables: dict[str, pd.DataFrame]) -> str:
-    """The report HTML for an open ``store`` and its cohort ``tables``."""
+def render_report(store, tables: dict[str, pd.DataFrame], *, notes: dict[str, list[str]] | None = None) -> str:
+    """The report HTML for an open ``store``, its cohort ``tables`` and the tables' ``notes``."""
+    notes = notes or {}
     meta = rd.study_frame(store)
     records = store.stage_records()
     long = rd.biomarker_long(tables.get("studies"), records)
@@ -88,17 +89,23 @@ def render_report(store, tables: dict[str, pd.DataFrame]) -> str:
     ]
     resp, undefined = (rd.response_frame(auto, meta, tables.get("percist")) if len(auto)
                        else (pd.DataFrame(), {}))
-    sections.append(("fig-roc", "ROC of delta biomarkers (Fig. 5)", _roc(resp, undefined)))
+    srcs = ", ".join(sorted(set(auto["auto_source"].dropna()))) if len(auto) else ""
+    sections.append(("fig-roc", "ROC of delta biomarkers (Fig. 5)", _roc(resp, undefined, srcs)))
     sections.append(("fig-trajectories", "Biomarker trajectories, % of baseline (Fig. 6b)", _trajectories(auto)))
     for name, title in _TABLE_SECTIONS:
         sid = f"table-{name.replace('_', '-')}"
         frame = tables.get(name)
-        if frame is None or not len(frame):
-            sections.append((sid, title, section(sid, title, "", missing=f"No {name} table: the cohort "
-                                                 "statistics have not been computed (run `petcohort tables`).")))
+        why = "; ".join(notes.get(name, []))
+        if frame is None:
+            body, missing = "", "No table: the cohort statistics have not been computed (run `petcohort tables`)."
+        elif not len(frame):
+            body, missing = "", f"The table is empty. {why}".strip()
         else:
-            sections.append((sid, title, section(sid, title, table_html(frame.reset_index(drop=frame.index.name
-                                                                                        is None), table_id=name))))
+            if frame.index.name is not None:
+                frame = frame.reset_index()
+            body = table_html(frame, table_id=name) + (f'<p class="note">{esc(why)}</p>' if why else "")
+            missing = None
+        sections.append((sid, title, section(sid, title, body, missing=missing)))
     prov = rd.suv_provenance(store, meta["study"].tolist())
     sections.append(("table-suv-provenance", "SUV provenance per study",
                      section("table-suv-provenance", "SUV provenance per study",
@@ -151,8 +158,10 @@ def _mips(store, meta: pd.DataFrame, long: pd.DataFrame) -> str:
             masks = {s: store.read_array(r.study, f"qc/mip_{s}") for s in shown}
             rec = store.stage_record(r.study, "qc") or {}
             sz, sx = (rec.get("summary") or {}).get("mip_spacing_mm") or [1.0, 1.0]
-            title = f"{r.study}\n{'BL' if r.timepoint == 0 else f'FU{r.timepoint}'}" + _bm_caption(long, r.study)
-            panels.append(figures.MipPanel(title, store.read_array(r.study, "qc/mip_pet"), masks, float(sz) / float(sx)))
+            title = (f"{r.study}\n{'BL' if r.timepoint == 0 else f'FU{r.timepoint}'}"
+                     + _bm_caption(long, r.study, r.timepoint) + _dice_caption(store, r.study, shown))
+            pet = store.read_array(r.study, "qc/mip_pet")
+            panels.append(figures.MipPanel(title, pet, masks, float(sz) / float(sx)))
         if panels:
             uri = figures.to_data_uri(figures.mip_row(panels))
             blocks.append(figure(f"mip-{pat}", uri, f"Patient {pat}: baseline and follow-ups (green = manual "
@@ -169,14 +178,25 @@ def _mips(store, meta: pd.DataFrame, long: pd.DataFrame) -> str:
                    note + '<div class="mips">' + "".join(blocks) + "</div>", missing=missing)
 
 
-def _bm_caption(long: pd.DataFrame, key: str) -> str:
+def _dice_caption(store, key: str, shown: list[str]) -> str:
+    """Dice of the drawn automatic mask vs the manual one, from the ``evaluate`` summary (paper Fig. 3)."""
+    auto = [s for s in shown if s != "manual"]
+    rec = store.stage_record(key, "evaluate") or {}
+    if not auto or rec.get("status") != "committed":
+        return ""
+    dice = (((rec.get("summary") or {}).get("sources") or {}).get(auto[0]) or {}).get("dice")
+    return f", DSC {dice:.2f}" if isinstance(dice, (int, float)) else ""
+
+
+def _bm_caption(long: pd.DataFrame, key: str, timepoint: int) -> str:
+    """SULpeak and TLG of the automatic mask drawn on the panel (paper Fig. 6a)."""
     if not len(long):
         return ""
-    rows = long[long["study"] == key]
-    auto = rows[rows["source"] != "manual"]
-    if not len(auto) or "sulpeak" not in auto.columns:
+    rows = long[long["study"] == key].set_index("source")
+    src = rd.pick_auto_source(rows.index, timepoint)
+    if src is None:
         return ""
-    r = auto.iloc[0]
+    r = rows.loc[src]
     parts = [f"{lab} {float(r[b]):.3g}" for b, lab in rd.BIOMARKERS[:2] if b in r and pd.notna(r[b])]
     return ("\n" + ", ".join(parts)) if parts else ""
 
@@ -199,7 +219,8 @@ def _agreement(auto: pd.DataFrame) -> str:
         x, y = pair[f"{b}_manual"].to_numpy(), pair[b].to_numpy()
         try:
             ccc, rho = lins_ccc(x, y), spearman(x, y)
-            title = f"{label}: Lin's CCC {ccc.ccc:.2f} [{ccc.ci_low:.2f}, {ccc.ci_high:.2f}], Spearman {rho.rho:.2f} (n={len(x)})"
+            title = (f"{label}: Lin's CCC {ccc.ccc:.2f} [{ccc.ci_low:.2f}, {ccc.ci_high:.2f}], "
+                     f"Spearman {rho.rho:.2f} (n={len(x)})")
             rows.append({"biomarker": label, "n": len(x), "Lin's CCC": ccc.ccc, "CCC CI low": ccc.ci_low,
                          "CCC CI high": ccc.ci_high, "Spearman rho": rho.rho, "Spearman p": rho.p})
         except PetCohortError as exc:
@@ -216,7 +237,7 @@ def _agreement(auto: pd.DataFrame) -> str:
     return section("fig-agreement", "Automatic vs manual biomarkers (Fig. 4)", body, missing=missing)
 
 
-def _roc(resp: pd.DataFrame, undefined: dict) -> str:
+def _roc(resp: pd.DataFrame, undefined: dict, sources: str) -> str:
     from petcohort.engine.stats.roc import auc_ci, roc_curve, youden_cutoff
 
     title = "ROC of delta biomarkers (Fig. 5)"
@@ -248,10 +269,11 @@ def _roc(resp: pd.DataFrame, undefined: dict) -> str:
             curve.fpr, curve.tpr, 1.0 - yj.specificity, yj.sensitivity))
         rows.append({"biomarker": f"\u0394{label}", "n": len(y), "AUC": ci.auc, "CI low": ci.ci_low,
                      "CI high": ci.ci_high, "Youden cutoff (%)": cut, "sensitivity": yj.sensitivity,
-                     "specificity": yj.specificity, "undefined deltas (BL = 0)": undefined.get(b, 0)})
+                     "specificity": yj.specificity, "undefined deltas (BL 0 or missing)": undefined.get(b, 0)})
     if not series:
         return section("fig-roc", title, "", missing="; ".join(notes) or "No delta biomarkers.")
     body = figure("roc-curves", figures.to_data_uri(figures.roc_figure(series)),
+                  f"Deltas of the automatic-mask biomarkers ({sources}). "
                   "Responder = PERCIST CMR/PMR (automated call on the manual masks when present, else the "
                   "reference call truth.percist). A follow-up is called "
                   "responder when its delta is at or below the cutoff (cutoff at a data value).")

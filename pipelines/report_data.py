@@ -7,6 +7,7 @@ Inputs are the cohort tables of ``pipelines/tables.build_outputs``
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pandas as pd
 
 from petcohort.engine.errors import PetCohortError
 
-__all__ = ["BIOMARKERS", "TABLES", "RESPONDER", "load_tables", "study_frame", "biomarker_long", "pick_auto_source",
+__all__ = ["BIOMARKERS", "TABLES", "RESPONDER", "load_tables", "load_notes", "study_frame", "biomarker_long", "pick_auto_source",
            "automatic_values", "response_frame", "failures_frame", "suv_provenance"]
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,20 @@ def load_tables(store, out_dir: Path) -> dict[str, pd.DataFrame]:
         if path.exists():
             found[name] = pd.read_parquet(path)
     return found
+
+
+def load_notes(out_dir: Path) -> dict[str, list[str]]:
+    """``tables/notes.json`` of ``build_outputs`` (why a table is empty or partial); {} when absent."""
+    path = Path(out_dir) / "tables" / "notes.json"
+    if not path.exists():
+        return {}
+    try:
+        notes = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        log.warning("ignoring unreadable %s", path)
+        return {}
+    return {str(k): [str(t) for t in v] for k, v in notes.items() if isinstance(v, list)} \
+        if isinstance(notes, dict) else {}
 
 
 def _with_study_column(frame: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,7 @@ Steps (DESIGN.md, "Execution"):
 """
 from __future__ import annotations
 
+import datetime as _dt
 import importlib.util
 import logging
 import os
@@ -142,6 +143,13 @@ def _open_session(cluster_file: str | os.PathLike | None) -> ClusterSession:
     return connect(load_cluster_config(cluster_file))
 
 
+def _dashboard_link(client: Any) -> str | None:
+    try:
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard on this scheduler
+        return None
+
+
 def _has_gpu_workers(client: Any) -> bool:
     workers = client.scheduler_info().get("workers", {})
     return any((w.get("resources") or {}).get("GPU", 0) > 0 for w in workers.values())
@@ -254,6 +262,12 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
             session = _open_session(cluster_file)
             client = session.client
             summary.dashboard = session.dashboard_link
+        elif client is not None:
+            summary.dashboard = _dashboard_link(client)
+        status = {"token": token, "status": "running", "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                  "dashboard": summary.dashboard, "stages": names, "to_run": len(plan.jobs),
+                  "skipped": len(plan.skipped)}
+        store.write_json("run", status)  # read by the monitoring dashboard (its Dask link)
         try:
             totals = {n: sum(1 for t in plan.graph.tasks.values() if t.stage == n) for n in plan.graph.stages}
             with RunProgress(totals) as progress:
@@ -264,12 +278,14 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
         finally:
             if session is not None:
                 session.close()
-    summary.seconds = time.perf_counter() - t0
-    for name in names:
-        summary.per_stage[name] = {
-            "done": sum(1 for _, s in summary.done if s == name),
-            "skipped": sum(1 for _, s in summary.skipped if s == name),
-            "failed": sum(1 for _, s, _r in summary.failed if s == name)}
+        summary.seconds = time.perf_counter() - t0
+        for name in names:
+            summary.per_stage[name] = {
+                "done": sum(1 for _, s in summary.done if s == name),
+                "skipped": sum(1 for _, s in summary.skipped if s == name),
+                "failed": sum(1 for _, s, _r in summary.failed if s == name)}
+        store.write_json("run", {**status, "status": "finished", "seconds": round(summary.seconds, 3),
+                                 "per_stage": summary.per_stage, "failed": len(summary.failed)})
     render_summary(summary.per_stage, summary.failed, summary.seconds)
     return summary
 

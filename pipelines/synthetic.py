@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from petcohort.engine.errors import InputError, PetCohortError
 from petcohort.engine.phantom.design import MAX_SITES, PatientDesign, design_patient
 from petcohort.engine.phantom.physics import F18_HALF_LIFE_S
 from petcohort.engine.phantom.study import SimulatedStudy, simulate_study
 
-__all__ = ["synthesize", "FORMATS", "quantise_pet", "truth_percist", "write_mip"]
+__all__ = ["FORMATS", "quantise_pet", "synthesize", "truth_percist", "write_mip"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,11 @@ def truth_percist(studies: list[dict], *, spacing_of) -> list[dict | None]:
         ``None`` for the baseline, then a dict (``category``, ``rule``,
         ``reason``, ``qc_flags``, ``sulpeak_delta_pct``) per follow-up.
     """
-    from petcohort.engine.stats.percist import assess_scan, organ_of_lesions, percist_call
+    from petcohort.engine.stats.percist import (
+        assess_scan,
+        organ_of_lesions,
+        percist_call,
+    )
 
     def assess(i: int):
         s = studies[i]
@@ -225,12 +228,9 @@ class _Writer:
             write_nifti(folder / "truth" / f"{name.replace('/', '_')}.nii.gz", arr, spacing=sp, origin=org)
         (folder / "truth" / "truth.json").write_text(json.dumps(attrs["truth"], indent=1, default=float))
 
-    def mip_path(self, site: str) -> Path | None:
-        return None if self.root is None else self.root / "mips" / f"site-{site}.png"
-
 
 def synthesize(out, *, patients: int = 12, sites: int = 2, seed: int = 0, fmt: str = "store",
-               voxel_mm: float | None = None, fov_scale: float = 1.0) -> dict:
+               voxel_mm: float | None = None, fov_scale: float = 1.0, mip_dir: str | Path | None = None) -> dict:
     """Generate the synthetic cohort.
 
     Parameters
@@ -243,6 +243,7 @@ def synthesize(out, *, patients: int = 12, sites: int = 2, seed: int = 0, fmt: s
     fmt : {"store", "dicom", "nifti"}
     voxel_mm : float, optional  isotropic PET voxel size (mm) overriding every scanner
     fov_scale : float  body scale (1 = adult; tests use ~0.4 for tiny volumes)
+    mip_dir : path, optional  where the per-site MIP PNGs go (default ``<out>/mips`` for local outputs)
 
     Returns
     -------
@@ -255,6 +256,7 @@ def synthesize(out, *, patients: int = 12, sites: int = 2, seed: int = 0, fmt: s
     _check(patients, sites, seed, fmt, voxel_mm, fov_scale)
     t0 = time.perf_counter()
     writer = _Writer(out, fmt)
+    mip_root = Path(mip_dir) if mip_dir is not None else (None if writer.root is None else writer.root / "mips")
     mips: list[str] = []
     n_studies = n_lesions = 0
     designed: dict[str, int] = {}
@@ -278,12 +280,12 @@ def synthesize(out, *, patients: int = 12, sites: int = 2, seed: int = 0, fmt: s
                          "bone": sim.masks["organs/bone"], "uptake_min": visit.uptake_min, "new": new})
             spacings.append(sim.grid.spacing)
             records.append((t, attrs, arrays, sim.lesions))
-            if t == 0 and i < sites and writer.mip_path(design.site) is not None:
-                p = writer.mip_path(design.site)
+            if t == 0 and i < sites and mip_root is not None:
+                p = mip_root / f"site-{design.site}.png"
                 write_mip(p, pet, sim.grid.spacing, f"site {design.site}, {visit.scanner.model}, baseline")
                 mips.append(str(p))
             n_lesions += len(sim.lesions)
-        calls = truth_percist(held, spacing_of=lambda k: spacings[k])
+        calls = truth_percist(held, spacing_of=spacings.__getitem__)
         del held
         for (t, attrs, arrays, lesions), call in zip(records, calls):
             visit = design.visits[t]

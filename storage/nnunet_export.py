@@ -112,10 +112,10 @@ def _dataset_json(channels, n: int, extra: dict) -> dict:
 def _followup_reason(store, key: str, base: str | None) -> str | None:
     if base is None:
         return "NO_BASELINE"
-    if not (store.has_array(key, "reg/baseline_pet") and store.has_array(key, "reg/baseline_mask")):
+    if not store.has_array(key, "reg/baseline_pet"):
         return "NO_REGISTRATION"
     rec = store.stage_record(key, "register") or {}
-    if (rec.get("summary") or {}).get("mask_source") != "manual":
+    if (rec.get("summary") or {}).get("mask_source") != "manual" or not store.has_array(key, "reg/baseline_mask"):
         return "NO_MANUAL_BASELINE_MASK"
     return None
 

@@ -69,3 +69,70 @@ def train_tiny_model(base: Path, channels=("PET", "CT")) -> str:
     (base / "summary.json").write_text(json.dumps(summary, default=str))
     marker.write_text(summary["model_folder"])
     return summary["model_folder"]
+
+
+def _plans(dataset: str, n_channels: int, norms: list[str]) -> dict:
+    """A minimal nnU-Net 2.8 plans.json (3d_fullres, 3 stages, features 4-16, patch 16^3) for SPACING."""
+    conv3 = [[3, 3, 3]] * 3
+    return {
+        "dataset_name": dataset, "plans_name": "PetCohortPlans",
+        "original_median_spacing_after_transp": SPACING, "original_median_shape_after_transp": list(SHAPE),
+        "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            str(i): {"max": 1000.0, "mean": 40.0, "median": 40.0, "min": -1000.0, "percentile_00_5": -1000.0,
+                     "percentile_99_5": 1000.0, "std": 100.0} for i in range(n_channels)},
+        "configurations": {"3d_fullres": {
+            "data_identifier": "PetCohortPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 2, "patch_size": [16, 16, 16], "median_image_size_in_voxels": list(SHAPE),
+            "spacing": SPACING, "normalization_schemes": norms, "use_mask_for_norm": [False] * n_channels,
+            "resampling_fn_data": "resample_data_or_seg_to_shape",
+            "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                   "force_separate_z": None},
+            "architecture": {
+                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                "arch_kwargs": {"n_stages": 3, "features_per_stage": [4, 8, 16],
+                                "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": conv3,
+                                "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [2, 2, 2],
+                                "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
+                                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                                "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+                                "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                                "nonlin_kwargs": {"inplace": True}},
+                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+            "batch_dice": False}},
+    }
+
+
+_NORM = {"ct": "CTNormalization", "nonorm": "NoNormalization"}
+
+
+def make_model_folder(base: Path, channels=("PET", "CT"), *, folds=(0, 1), seed: int = 0) -> str:
+    """An nnU-Net model folder with random (untrained) weights: exercises the adapter without training."""
+    import json
+
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = base / "Dataset900_Tiny" / "nnUNetTrainer__PetCohortPlans__3d_fullres"
+    folder.mkdir(parents=True)
+    ds = {"channel_names": {str(i): c for i, c in enumerate(channels)},
+          "labels": {"background": 0, "lesion": 1}, "numTraining": 1, "file_ending": ".nii.gz"}
+    plans = _plans("Dataset900_Tiny", len(channels), [_NORM.get(c.lower(), "ZScoreNormalization") for c in channels])
+    (folder / "dataset.json").write_text(json.dumps(ds))
+    (folder / "plans.json").write_text(json.dumps(plans))
+    pm = PlansManager(plans)
+    cm = pm.get_configuration("3d_fullres")
+    for f in folds:
+        torch.manual_seed(seed + f)
+        net = nnUNetTrainer.build_network_architecture(pm, cm, len(channels), 2, enable_deep_supervision=False)
+        (folder / f"fold_{f}").mkdir()
+        torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
+                    "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": (0, 1, 2)},
+                   folder / f"fold_{f}" / "checkpoint_final.pth")
+    return str(folder)

@@ -10,5 +10,12 @@ factors), ``design`` (sites, scanners, patients, visits, responses) and
 from .design import CATEGORIES, SCANNERS, PatientDesign, Scanner, design_patient
 from .study import SimulatedStudy, simulate_study
 
-__all__ = ["CATEGORIES", "SCANNERS", "PatientDesign", "Scanner", "design_patient", "SimulatedStudy",
-           "simulate_study"]
+__all__ = [
+           "CATEGORIES",
+           "SCANNERS",
+           "PatientDesign",
+           "Scanner",
+           "SimulatedStudy",
+           "design_patient",
+           "simulate_study",
+]

@@ -16,12 +16,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .body import REF_HEIGHT_MM, SCAN_DEPTH_MM, TORSO, Body, Frame, arm_axis, fat_profile
+from .body import (
+    REF_HEIGHT_MM,
+    SCAN_DEPTH_MM,
+    TORSO,
+    Body,
+    Frame,
+    arm_axis,
+    fat_profile,
+)
 from .shapes import ProfiledCylinder, Superquadric, rotation, tube
 from .skeleton import skeleton
 from .tissues import T
 
-__all__ = ["Body", "Anatomy", "build_anatomy", "REF_HEIGHT_MM", "SCAN_DEPTH_MM"]
+__all__ = ["REF_HEIGHT_MM", "SCAN_DEPTH_MM", "Anatomy", "Body", "build_anatomy"]
 
 
 @dataclass
@@ -171,7 +179,7 @@ def build_anatomy(body: Body, *, bladder_fill: float = 1.0,
     Anatomy
     """
     f = Frame(body)
-    out_parts, out_hosts = _outline(body, f)
+    out_parts, _ = _outline(body, f)
     org_parts, hosts = _organs(body, f)
     bone_parts, bone_hosts, bone_after = skeleton(body, f)
     hosts.update(bone_hosts)

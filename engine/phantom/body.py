@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Body", "Frame", "TORSO", "REF_HEIGHT_MM", "SCAN_DEPTH_MM", "arm_axis", "fat_profile"]
+__all__ = ["REF_HEIGHT_MM", "SCAN_DEPTH_MM", "TORSO", "Body", "Frame", "arm_axis", "fat_profile"]
 
 REF_HEIGHT_MM = 1650.0
 SCAN_DEPTH_MM = 1005.0  # mid-thigh of the reference body, below the vertex

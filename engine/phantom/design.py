@@ -21,8 +21,16 @@ from .body import Body
 from .lesions import ORGAN_WEIGHTS, Lesion, LesionState, draw_lesion, draw_lesions
 from .tissues import T, draw_physiology
 
-__all__ = ["Scanner", "SCANNERS", "MAX_SITES", "CATEGORIES", "VisitDesign", "PatientDesign",
-           "stream", "design_patient"]
+__all__ = [
+    "CATEGORIES",
+    "MAX_SITES",
+    "SCANNERS",
+    "PatientDesign",
+    "Scanner",
+    "VisitDesign",
+    "design_patient",
+    "stream",
+]
 
 MAX_SITES = 2
 CATEGORIES = ("PMR", "PMD", "CMR", "SMD")
@@ -143,20 +151,22 @@ def _follow_up(rng, cat: str, prev: dict[int, LesionState], base: dict[int, Lesi
     return out
 
 
-def _new_lesions(rng, lesions: list[Lesion], hosts: dict, visit: int, count: int) -> list[Lesion]:
+def _new_lesions(rng, lesions: list[Lesion], hosts: dict, visit: int, count: int,
+                 scale: float) -> list[Lesion]:
     """New lesions of a progression: in bones not yet involved, or in the liver."""
     used = tuple(sorted({les.site for les in lesions if les.organ == "bone"}))
     out: list[Lesion] = []
     for _ in range(count):
         organ = "liver" if rng.random() < 0.35 else "bone"
         les = draw_lesion(rng, hosts, len(lesions) + len(out) + 1, organ=organ, exclude_sites=used,
-                          first_visit=visit, placed=lesions + out)
+                          first_visit=visit, placed=lesions + out, scale=scale)
         if les is not None:
             out.append(les)
     return out
 
 
-def _visit_conditions(rng, body: Body, weight: float, site: str, prev_scanner: Scanner | None):
+def _visit_conditions(rng, weight: float, site: str, prev_scanner: Scanner | None) -> dict:
+    """Scanner, dose, uptake time and physiological state of one visit."""
     pair = SCANNERS[site]
     if prev_scanner is None or rng.random() < 0.25:
         scanner = pair[int(rng.integers(2))]
@@ -164,12 +174,14 @@ def _visit_conditions(rng, body: Body, weight: float, site: str, prev_scanner: S
         scanner = prev_scanner
     # 3-4 MBq/kg, within 150-400 MBq (PHANTOM.md)
     dose = float(np.clip(weight * rng.uniform(3.0, 4.0), 150.0, 400.0)) * 1e6
-    return dict(scanner=scanner, dose_bq=round(dose, -4), uptake_min=round(float(rng.uniform(50, 75)), 1),
-                liver_scale=float(rng.uniform(0.94, 1.06)),
-                heart_scale=float(np.exp(rng.normal(0.0, 0.35))),
-                urine_scale=float(rng.uniform(0.6, 1.4)), bladder_fill=float(rng.uniform(0.4, 1.6)),
-                ureter=tuple(bool(v) for v in rng.random(6) < 0.4),
-                offset=(float(rng.normal(0, 8)), float(rng.normal(0, 3)), float(rng.normal(0, 4))))
+    return {"scanner": scanner, "dose_bq": round(dose, -4),
+            "uptake_min": round(float(rng.uniform(50, 75)), 1),
+            "liver_scale": float(rng.uniform(0.94, 1.06)),
+            "heart_scale": float(np.exp(rng.normal(0.0, 0.35))),
+            "urine_scale": float(rng.uniform(0.6, 1.4)), "bladder_fill": float(rng.uniform(0.4, 1.6)),
+            "ureter": tuple(bool(v) for v in rng.random(6) < 0.4),
+            # patient position on the couch differs a little between visits (mm)
+            "offset": (float(rng.normal(0, 8)), float(rng.normal(0, 3)), float(rng.normal(0, 4)))}
 
 
 def design_patient(seed: int, index: int, *, sites: int = 2, scale: float = 1.0) -> PatientDesign:
@@ -207,7 +219,7 @@ def design_patient(seed: int, index: int, *, sites: int = 2, scale: float = 1.0)
     u = rng.random()
     profile = {"bone": 1.0} if u < 0.35 else ({"liver": 0.6, "bone": 0.3, "node": 0.1} if u < 0.45
                                                else ORGAN_WEIGHTS)
-    lesions = draw_lesions(rng, hosts, n, profile=profile)
+    lesions = draw_lesions(rng, hosts, n, profile=profile, scale=scale)
     n_fu = 1 if rng.random() < 0.4 else 2
     cats = [cat1]
     if n_fu == 2:
@@ -228,11 +240,11 @@ def design_patient(seed: int, index: int, *, sites: int = 2, scale: float = 1.0)
             states = _follow_up(rng, cat, states, base, by_id, phys)
             if cat == "PMD" and (rng.random() < 0.6 or all(s.suv <= base[i].suv * 1.2
                                                              for i, s in states.items() if i in base)):
-                new = _new_lesions(rng, lesions, hosts, t, int(rng.integers(1, 6)))
+                new = _new_lesions(rng, lesions, hosts, t, int(rng.integers(1, 6)), scale)
                 lesions = lesions + new
                 states.update({les.id: LesionState(1.0, les.suv) for les in new})
             weight = round(weight * float(rng.uniform(0.95, 1.02) if cat == "PMD" else rng.uniform(0.98, 1.03)), 1)
-        cond = _visit_conditions(rng, body, weight, site, scanner)
+        cond = _visit_conditions(rng, weight, site, scanner)
         scanner = cond["scanner"]
         visits.append(VisitDesign(t, day, weight_kg=weight, designed=cat, states=dict(states), **cond))
     return PatientDesign(index, f"SYN-{index + 1:04d}", f"SYNTHETIC^PATIENT{index + 1:04d}", site, body,

@@ -14,8 +14,15 @@ import numpy as np
 
 from .shapes import Superquadric
 
-__all__ = ["Lesion", "LesionState", "LumpySolid", "draw_lesions", "draw_lesion", "ORGAN_WEIGHTS",
-           "BONE_SITE_WEIGHTS"]
+__all__ = [
+    "BONE_SITE_WEIGHTS",
+    "ORGAN_WEIGHTS",
+    "Lesion",
+    "LesionState",
+    "LumpySolid",
+    "draw_lesion",
+    "draw_lesions",
+]
 
 ORGAN_WEIGHTS = {"bone": 0.5, "node": 0.25, "liver": 0.15, "lung": 0.10}
 BONE_SITE_WEIGHTS = {"vertebra": 0.38, "pelvis": 0.16, "sacrum": 0.08, "rib": 0.14, "femur": 0.08,
@@ -132,7 +139,7 @@ def _sample_in(rng: np.random.Generator, solids: list, *, margin: float = 0.85, 
 
 def draw_lesion(rng: np.random.Generator, hosts: dict, lid: int, *, organ: str | None = None,
                 exclude_sites: tuple[str, ...] = (), dominant: bool = False, first_visit: int = 0,
-                placed: list | None = None) -> Lesion | None:
+                placed: list | None = None, scale: float = 1.0) -> Lesion | None:
     """Draw one lesion in a host of ``hosts`` (see :class:`.anatomy.Anatomy`).
 
     Parameters
@@ -145,6 +152,8 @@ def draw_lesion(rng: np.random.Generator, hosts: dict, lid: int, *, organ: str |
         A large, hot, measurable lesion (every patient has one at baseline).
     placed : list of Lesion
         Lesions already placed; a new centre keeps clear of them.
+    scale : float
+        Body rendering scale (``fov_scale``): lesion sizes scale with the body.
 
     Returns
     -------
@@ -166,9 +175,9 @@ def draw_lesion(rng: np.random.Generator, hosts: dict, lid: int, *, organ: str |
     key = "rib" if site == "bone:rib" else organ
     lo, hi = _DIAMETER[key]
     if dominant:
-        lo, hi = max(lo, 0.5 * (lo + hi)), hi
+        lo = max(lo, 0.5 * (lo + hi))
     # log-uniform diameters: many small lesions, a tail of large ones
-    diam = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    diam = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * scale
     for _ in range(20):
         centre = _sample_in(rng, hosts[site], site=site)
         if centre is None:
@@ -203,13 +212,15 @@ def draw_lesion(rng: np.random.Generator, hosts: dict, lid: int, *, organ: str |
                   float(ct_delta), first_visit)
 
 
-def draw_lesions(rng: np.random.Generator, hosts: dict, n: int, *, profile: dict | None = None) -> list[Lesion]:
+def draw_lesions(rng: np.random.Generator, hosts: dict, n: int, *, profile: dict | None = None,
+                 scale: float = 1.0) -> list[Lesion]:
     """Baseline lesions of one patient: one dominant lesion, then ``n - 1`` more.
 
     Parameters
     ----------
     n : int  number of lesions to try to place (>= 1)
     profile : dict, optional  organ weights of this patient's disease (bone-only, mixed, ...)
+    scale : float  body rendering scale (lesion sizes follow it)
 
     Returns
     -------
@@ -224,7 +235,7 @@ def draw_lesions(rng: np.random.Generator, hosts: dict, n: int, *, profile: dict
         # the dominant lesion sits where a large lesion fits (not in a rib or the skull)
         small = ("bone:rib", "bone:skull", "bone:scapula", "bone:sternum", "bone:humerus") if i == 0 else ()
         les = draw_lesion(rng, hosts, len(out) + 1, organ=organ, dominant=(i == 0), placed=out,
-                          exclude_sites=small)
+                          exclude_sites=small, scale=scale)
         if les is not None:
             out.append(les)
     return out

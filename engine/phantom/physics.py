@@ -12,8 +12,17 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["F18_HALF_LIFE_S", "FWHM_TO_SIGMA", "psf_blur", "pet_noise", "ct_noise", "liver_cov",
-           "lbm_janmahasatian", "suv_factors"]
+from petcohort.engine.kernels import suv
+
+__all__ = [
+    "F18_HALF_LIFE_S",
+    "FWHM_TO_SIGMA",
+    "ct_noise",
+    "liver_cov",
+    "pet_noise",
+    "psf_blur",
+    "suv_factors",
+]
 
 F18_HALF_LIFE_S = 6586.2
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -94,16 +103,6 @@ def ct_noise(hu: np.ndarray, rng: np.random.Generator, *, sd_hu: float = 10.0) -
     return noisy.astype(np.int16)
 
 
-def lbm_janmahasatian(weight_kg: float, height_m: float, sex: str) -> float | None:
-    """Lean body mass (kg), Janmahasatian et al. 2005 (METHODS.md SUL); None for sex other than F/M."""
-    bmi = weight_kg / height_m ** 2
-    if sex == "M":
-        return 9270.0 * weight_kg / (6680.0 + 216.0 * bmi)
-    if sex == "F":
-        return 9270.0 * weight_kg / (8780.0 + 244.0 * bmi)
-    return None
-
-
 def suv_factors(weight_kg: float, height_m: float, sex: str, dose_bq: float, uptake_s: float) -> dict:
     """SUVbw/SUL factors of a study (METHODS.md: decay to the scan start).
 
@@ -112,9 +111,13 @@ def suv_factors(weight_kg: float, height_m: float, sex: str, dose_bq: float, upt
     dict with ``bw_factor`` (SUVbw per Bq/mL), ``lbm_factor`` (SUL per Bq/mL),
     ``decayed_dose_bq``, ``sul_per_suvbw`` (LBM/W)
     """
-    lam = np.log(2.0) / F18_HALF_LIFE_S
-    decayed = dose_bq * float(np.exp(-lam * uptake_s))
-    lbm = lbm_janmahasatian(weight_kg, height_m, sex)
-    bw = weight_kg * 1000.0 / decayed
-    return {"bw_factor": bw, "lbm_factor": None if lbm is None else lbm * 1000.0 / decayed,
-            "decayed_dose_bq": decayed, "sul_per_suvbw": None if lbm is None else lbm / weight_kg}
+    # The same formulas the DICOM path uses (engine/kernels/suv.py), so a
+    # synthetic study's factors equal what ingest computes from its headers.
+    bw = suv.suvbw_factor_start(weight_kg, dose_bq, F18_HALF_LIFE_S, uptake_s)
+    decayed = weight_kg * 1000.0 / bw
+    if sex in ("F", "M"):
+        ratio, _ = suv.sul_per_suvbw(suv.Body(weight_kg, height_m, sex))
+    else:
+        ratio = None
+    return {"bw_factor": bw, "lbm_factor": None if ratio is None else bw * ratio,
+            "decayed_dose_bq": decayed, "sul_per_suvbw": ratio}

@@ -15,7 +15,7 @@ from .lesions import Lesion, LesionState, LumpySolid
 from .shapes import Grid, box_slices, coords
 from .tissues import N_TISSUES, ORGAN_CLASSES, T
 
-__all__ = ["TrueImages", "paint_classes", "render_truth", "organ_masks"]
+__all__ = ["TrueImages", "organ_masks", "paint_classes", "render_truth"]
 
 _HOST_CLASSES = {
     "bone": np.isin(np.arange(N_TISSUES), ORGAN_CLASSES["bone"]),

@@ -9,13 +9,23 @@ hundred solids costs about as much as a few full-volume passes.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["Grid", "Shape", "Superquadric", "Capsule", "ProfiledCylinder", "tube", "rotation",
-           "box_slices", "coords"]
+__all__ = [
+    "Capsule",
+    "Grid",
+    "ProfiledCylinder",
+    "Shape",
+    "Superquadric",
+    "box_slices",
+    "coords",
+    "rotation",
+    "tube",
+]
 
 
 @dataclass(frozen=True)
@@ -102,7 +112,7 @@ class Superquadric:
     def inside(self, z, y, x):
         return self.level(z, y, x) <= 1.0
 
-    def shrunk(self, mm: float) -> "Superquadric":
+    def shrunk(self, mm: float) -> Superquadric:
         """The same solid with every semi-axis reduced by ``mm`` (a shell's inside)."""
         return Superquadric(self.centre, tuple(max(s - mm, 0.5) for s in self.semi), self.p, self.rot)
 
@@ -172,7 +182,7 @@ class ProfiledCylinder:
         f = np.abs((x - cx) / ax) ** self.p + np.abs((y - cy) / ay) ** self.p
         return (f <= 1.0) & (z >= zk[0]) & (z <= zk[-1])
 
-    def shrunk(self, mm: float) -> "ProfiledCylinder":
+    def shrunk(self, mm: float) -> ProfiledCylinder:
         return ProfiledCylinder(self.z_knots, tuple(max(a - mm, 1.0) for a in self.ax),
                                 tuple(max(a - mm, 1.0) for a in self.ay), self.cx, self.cy, self.p)
 

@@ -145,7 +145,7 @@ def _girdles(body: Body, f: Frame, parts: list, hosts: dict) -> None:
     dk, ax, ay, _ = arm_axis(body, f)
     hum = []
     for side in (-1, 1):
-        def at(dd: float, dy: float = 0.0, dx: float = 0.0) -> tuple[float, float, float]:
+        def at(dd: float, dy: float = 0.0, dx: float = 0.0, side: int = side) -> tuple[float, float, float]:
             return (-dd * f.hs, float(np.interp(dd, dk, ay)) + dy, side * (float(np.interp(dd, dk, ax)) + dx))
         head = Superquadric(at(300, 0, -18), (22 * f.hs, 22 * f.ls, 22 * f.ls))
         _bone(parts, head, head.shrunk(4.0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["T", "N_TISSUES", "ORGAN_CLASSES", "draw_physiology", "tables"]
+__all__ = ["N_TISSUES", "ORGAN_CLASSES", "T", "draw_physiology", "tables"]
 
 
 class T:

@@ -315,7 +315,9 @@ def plan_and_preprocess(dataset_id: int, plan: TrainPlan, *, configuration: str 
     nnU-Net's planner runs first; its ``configuration`` is then rewritten with
     the plan's features/patch/batch, the topology recomputed for the new patch
     with nnU-Net's own ``get_pool_and_conv_props``; other configurations are
-    dropped. Fingerprinting and preprocessing use nnU-Net's one-process pools.
+    dropped. Fingerprinting and preprocessing use nnU-Net's one-process pools
+    (its dataset integrity check, another pool, is skipped: the export writes
+    every channel and label on one grid).
     Returns the plans written.
     """
     from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
@@ -326,7 +328,7 @@ def plan_and_preprocess(dataset_id: int, plan: TrainPlan, *, configuration: str 
     out = io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(out):
-        extract_fingerprint_dataset(dataset_id, num_processes=1, check_dataset_integrity=True, clean=True,
+        extract_fingerprint_dataset(dataset_id, num_processes=1, check_dataset_integrity=False, clean=True,
                                     verbose=False, show_progress_bar=False)
         plan_experiment_dataset(dataset_id, overwrite_plans_name=plans_name)
     log.info("nnU-Net fingerprint + plan: %.1f s", time.perf_counter() - t0)
@@ -371,6 +373,7 @@ def train_fold(dataset_id: int, fold: int, plan: TrainPlan, *, configuration: st
     name = convert_id_to_dataset_name(dataset_id)
     pre = os.path.join(os.environ["nnUNet_preprocessed"], name)
     plans = _load_json(os.path.join(pre, plans_name + ".json"), "plans")
+    plans["continue_training"] = False  # nnU-Net 2.8's run_training entry point sets this key; the trainer pops it
     ds = _load_json(os.path.join(pre, "dataset.json"), "dataset.json")
     torch.manual_seed(seed)
     np.random.seed(seed)  # nnU-Net's data loaders sample patches with numpy's global RNG

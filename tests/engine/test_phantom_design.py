@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from petcohort.engine.phantom.design import CATEGORIES, SCANNERS, design_patient, stream
-from petcohort.engine.phantom.physics import lbm_janmahasatian, suv_factors
+from petcohort.engine.phantom.physics import suv_factors
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +86,10 @@ def test_responses_follow_design(cohort):
 def test_lbm_and_suv_factors():
     # Janmahasatian 2005: female 60 kg, 1.65 m -> 9270*60/(8780+244*22.04)
     bmi = 60 / 1.65 ** 2
-    assert lbm_janmahasatian(60, 1.65, "F") == pytest.approx(9270 * 60 / (8780 + 244 * bmi))
-    assert lbm_janmahasatian(60, 1.65, "O") is None
+    lbm = 9270 * 60 / (8780 + 244 * bmi)
     f = suv_factors(60, 1.65, "F", 200e6, 3600.0)
     decayed = 200e6 * np.exp(-np.log(2) / 6586.2 * 3600)
     assert f["bw_factor"] == pytest.approx(60000 / decayed)
-    assert f["sul_per_suvbw"] == pytest.approx(lbm_janmahasatian(60, 1.65, "F") / 60)
+    assert f["sul_per_suvbw"] == pytest.approx(lbm / 60)
+    assert f["lbm_factor"] == pytest.approx(lbm * 1000 / decayed)
+    assert suv_factors(60, 1.65, "O", 200e6, 3600.0)["sul_per_suvbw"] is None

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
-
 from petcohort.engine.phantom.design import design_patient
 from petcohort.engine.phantom.study import simulate_study
 from petcohort.engine.phantom.tissues import T
+from scipy import ndimage as ndi
 
 
 @pytest.fixture(scope="module", params=[0, 1])
@@ -36,7 +35,7 @@ def test_shapes_and_types(study):
 
 
 def test_suv_targets(study):
-    design, s = study
+    _, s = study
     clean, ids = s.pet_clean, s.lesion_ids
     nolesion = ids == 0
     liver = _core(s.masks["organs/liver"], 2) & nolesion
@@ -74,7 +73,7 @@ def test_ct_targets(study):
 
 
 def test_noise_cov_in_liver(study):
-    design, s = study
+    _, s = study
     liver = _core(s.masks["organs/liver"], 2) & (s.lesion_ids == 0)
     cov = float(s.pet[liver].std() / s.pet[liver].mean())
     assert 0.08 <= cov <= 0.20
@@ -84,7 +83,7 @@ def test_noise_cov_in_liver(study):
 
 
 def test_lesions_in_truth(study):
-    design, s = study
+    _, s = study
     assert s.lesions, "every baseline has at least one lesion"
     ids = {les["id"] for les in s.lesions}
     assert ids == set(np.unique(s.lesion_ids[s.lesion_ids > 0]).tolist())

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
-
 from petcohort.engine.phantom.lesions import Lesion, LesionState, LumpySolid
 from petcohort.engine.phantom.physics import pet_noise, psf_blur
 from petcohort.engine.phantom.render import paint_classes, render_truth
-from petcohort.engine.phantom.shapes import Capsule, Grid, ProfiledCylinder, Superquadric, rotation
+from petcohort.engine.phantom.shapes import (
+    Capsule,
+    Grid,
+    ProfiledCylinder,
+    Superquadric,
+    rotation,
+)
 from petcohort.engine.phantom.tissues import N_TISSUES, T
+from scipy import ndimage as ndi
 
 GRID = Grid((60, 60, 60), (1.0, 1.0, 1.0), (-29.5, -29.5, -29.5))
 
@@ -74,7 +79,7 @@ def test_lumpy_lesion_is_irregular_and_scales():
     # irregular: not equal to its ellipsoid
     ell = _full(Superquadric((0.0, 0.0, 0.0), (8.0, 7.0, 9.0)))
     assert (m ^ ell).sum() > 0.05 * ell.sum()
-    lo, hi = LumpySolid(les, 1.0).bbox()
+    lo, _ = LumpySolid(les, 1.0).bbox()
     assert (np.array(np.nonzero(m)).min(1) - 29.5 >= lo - 1).all()
 
 

@@ -41,7 +41,10 @@ def test_throughput_counts_recent_commits():
     # the run's age counts from its first commit (0:01): 5 minutes later all 10 are recent
     per_min, timeline = dd.throughput(records, now=T0 + dt.timedelta(minutes=5, seconds=1))
     assert per_min == pytest.approx(10 / 5.0)
-    assert timeline["commits"].sum() == 10 and timeline["minute"].tolist() == [0, 1, 2, 3, 4]
+    # a run younger than 5 minutes is binned by 10 s: commits at 0:00, 0:30, ... 4:30 (+1 s)
+    assert timeline["commits"].sum() == 10 and timeline["width"].iloc[0] == pytest.approx(1 / 6)
+    assert timeline["minute"][timeline["commits"] > 0].tolist() == pytest.approx([i * 0.5 for i in range(10)])
+    assert timeline["per_minute"].max() == pytest.approx(6.0)
     assert dd.latest_qc(records, n=2) == ["S9", "S8"]
 
 
@@ -86,3 +89,13 @@ def test_port_in_use_and_bad_store(tmp_path):
     assert exc.value.reason == "BAD_PORT"
     with pytest.raises(StoreError):
         serve(tmp_path / "nothing-here", port=port, block=False)
+
+
+def test_document_on_empty_store(tmp_path):
+    from petcohort.storage.store import CohortStore
+
+    store = CohortStore.create(tmp_path / "empty.zarr")
+    dash = make_document(Document(), store.url)
+    assert 'data-done="0" data-total="0"' in dash.status.text
+    assert dash.fail_src.data["study"] == [] and "No QC MIPs yet" in dash.qc.text
+    assert "not known" in dash.link.text

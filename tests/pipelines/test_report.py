@@ -246,3 +246,17 @@ def test_report_bounded_for_1000_studies(tmp_path):
     assert html.count('data-figure="mip-P-') == MAX_MIP_PATIENTS
     assert f"Showing {MAX_MIP_PATIENTS} of 500 patients" in html
     assert size_mb < 50
+
+
+def test_empty_table_section_shows_the_tables_note(tmp_path):
+    from petcohort.pipelines.report import render_report
+
+    store = CohortStore.create(tmp_path / "empty.zarr")
+    tables = {"delong": pd.DataFrame(columns=["biomarker_a", "biomarker_b", "p"]),
+              "segmentation": pd.DataFrame({"source": ["nnunet_bl"], "mean_dice": [0.61]})}
+    html = render_report(store, tables, notes={"delong": ["only one biomarker has deltas"],
+                                               "segmentation": ["sd_dice uses ddof=1"]})
+    status = _sections(html)
+    assert status["table-delong"] == "missing" and "only one biomarker has deltas" in html
+    assert status["table-segmentation"] == "ok" and "sd_dice uses ddof=1" in html and "0.61" in html
+    assert status["table-percist"] == "missing" and "have not been computed" in html

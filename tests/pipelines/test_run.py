@@ -211,3 +211,10 @@ def test_task_retry_is_idempotent(store):
     other = plan_run(store, dict(STAGES), ["t_peak"], config=RunConfig(), force=True, token="tok2")
     execute_study_stage(other.jobs[task_key("t_peak", job.study, "tok2")])
     assert store.stage_record(job.study, "t_peak")["run"] == "tok2"
+
+
+def test_run_status_json_for_the_dashboard(store, client):
+    s = run_cohort(store.url, stages=["t_peak"], client=client)
+    status = store.read_json("run")
+    assert status["token"] == s.token and status["status"] == "finished"
+    assert status["per_stage"] == {"t_peak": {"done": 6, "skipped": 0, "failed": 0}} and status["to_run"] == 6

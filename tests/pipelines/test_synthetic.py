@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from petcohort.engine.errors import InputError
 from petcohort.pipelines.synthetic import synthesize
 
-TINY = dict(voxel_mm=10.0, fov_scale=0.4)
+TINY = {"voxel_mm": 10.0, "fov_scale": 0.4}
 SECRET = "synthetic-test-secret-0123456789"
 
 
@@ -146,10 +145,10 @@ def test_dicom_format(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    (dict(patients=0), "patients"), (dict(patients=-2), "patients"), (dict(patients=1.5), "patients"),
-    (dict(sites=0), "sites"), (dict(sites=3), "sites"), (dict(seed=-1), "seed"),
-    (dict(fmt="png"), "fmt"), (dict(voxel_mm=-4.0), "voxel_mm"), (dict(voxel_mm=0.0), "voxel_mm"),
-    (dict(fov_scale=0.0), "fov_scale"), (dict(fov_scale=-1.0), "fov_scale"),
+    ({"patients": 0}, "patients"), ({"patients": -2}, "patients"), ({"patients": 1.5}, "patients"),
+    ({"sites": 0}, "sites"), ({"sites": 3}, "sites"), ({"seed": -1}, "seed"),
+    ({"fmt": "png"}, "fmt"), ({"voxel_mm": -4.0}, "voxel_mm"), ({"voxel_mm": 0.0}, "voxel_mm"),
+    ({"fov_scale": 0.0}, "fov_scale"), ({"fov_scale": -1.0}, "fov_scale"),
 ])
 def test_bad_parameters(tmp_path, kwargs, name):
     with pytest.raises(InputError) as info:
@@ -175,3 +174,22 @@ def test_truth_percist_matches_design(tmp_path):
     assert set(designed) == {"CMR", "PMR", "SMD", "PMD"}
     assert truth == designed
     assert summary["designed_equals_truth"] == len(designed)
+
+
+@pytest.mark.parametrize("fmt", ["dicom", "nifti"])
+def test_formats_carry_the_same_suvs(tmp_path, tiny_store, fmt):
+    """DICOM and NIfTI output, ingested, give the store's keys, PET bytes and SUL factors."""
+    ingest = pytest.importorskip("petcohort.pipelines.ingest")
+    _, ref = tiny_store
+    synthesize(tmp_path / fmt, patients=3, sites=2, seed=3, fmt=fmt, **TINY)
+    report = ingest.ingest_tree(tmp_path / fmt, tmp_path / "ingested.zarr")
+    assert not report["failed"]
+    from petcohort.storage.store import CohortStore
+
+    got = CohortStore.open(tmp_path / "ingested.zarr", mode="r")
+    assert got.study_keys() == ref.study_keys()
+    for key in ref.study_keys():
+        assert np.array_equal(got.read_array(key, "pet"), ref.read_array(key, "pet"))
+        a, b = got.study_attrs(key), ref.study_attrs(key)
+        assert a["timepoint"] == b["timepoint"] and a["days_since_baseline"] == b["days_since_baseline"]
+        assert a["sul_per_suvbw"] == pytest.approx(b["sul_per_suvbw"], rel=1e-9)

@@ -1,0 +1,129 @@
+"""nnU-Net adapter (engine/segment/nnunet.py): loading, caching, channel checks, in-process prediction.
+
+Fast tests use a model folder with random weights built in a fixture; the
+slow test trains a tiny model with nnU-Net's own planning/preprocessing/trainer
+(`petcohort train` backend) and predicts with it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed: run scripts/install_seg.sh .venv")
+
+import seg_test_data as data  # noqa: E402  (tests/ helper)
+
+from petcohort.engine.errors import InputError, SegmentationError  # noqa: E402
+from petcohort.engine.segment import nnunet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    return data.make_model_folder(tmp_path_factory.mktemp("nnunet-model"), ("PET", "CT"), folds=(0, 1))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    nnunet.clear_cache()
+    yield
+    nnunet.clear_cache()
+
+
+def _study(seed=0):
+    """One 16^3 crop (= one patch of the tiny model: a single sliding-window tile keeps the tests fast)."""
+    pet, ct, manual, _ = data.patient_arrays(np.random.default_rng(seed))
+    crop = (slice(2, 18), slice(6, 22), slice(6, 22))
+    return np.clip(pet, 0, 5)[crop], ct[crop], manual[crop]
+
+
+def test_model_info(model_folder):
+    info = nnunet.read_model_info(model_folder)
+    assert info.channel_names == ("PET", "CT") and info.folds == ("0", "1")
+    assert info.configuration == "3d_fullres" and info.labels == {"background": 0, "lesion": 1}
+    assert info.normalization == ("ZScoreNormalization", "CTNormalization")
+
+
+def test_predict_shape_dtype_cache_and_ensemble(model_folder):
+    pet, ct, _ = _study()
+    m = nnunet.get_model(model_folder, device="cpu")
+    assert nnunet.get_model(model_folder, device="cpu") is m          # cached per process
+    assert nnunet.get_model(model_folder, folds=[0], device="cpu") is not m
+    seg = nnunet.predict(model_folder, [pet, ct], data.SPACING, channel_names=["PET", "CT"], tta=False)
+    assert seg.shape == pet.shape and seg.dtype == np.uint8 and set(np.unique(seg)) <= {0, 1}
+    again = nnunet.predict(model_folder, [pet, ct], data.SPACING, tta=False)
+    assert np.array_equal(seg, again)                                   # deterministic in-process
+    assert nnunet.get_model(model_folder, device="cpu") is m
+    assert m.folds == ("0", "1") and len(m._predictor.list_of_parameters) == 2   # one 2-fold ensemble
+    f0 = nnunet.predict(model_folder, [pet, ct], data.SPACING, folds=[0], tta=False)
+    f1 = nnunet.predict(model_folder, [pet, ct], data.SPACING, folds=[1], tta=False)
+    assert not np.array_equal(f0, f1)                                  # the folds' weights differ
+    tta = nnunet.predict(model_folder, [pet, ct], data.SPACING, tta=True, tile_step=1.0)
+    assert tta.shape == pet.shape
+
+
+def test_channel_mismatch_names_expected_and_given(model_folder):
+    pet, ct, _ = _study()
+    with pytest.raises(SegmentationError) as exc:
+        nnunet.predict(model_folder, [pet], data.SPACING)
+    assert exc.value.reason == "MODEL_CHANNELS_MISMATCH"
+    assert "['PET', 'CT']" in exc.value.message and "got 1" in exc.value.message
+    with pytest.raises(SegmentationError) as exc:
+        nnunet.predict(model_folder, [ct, pet], data.SPACING, channel_names=["CT", "PET"])
+    assert exc.value.reason == "MODEL_CHANNELS_MISMATCH" and "['CT', 'PET']" in exc.value.message
+    with pytest.raises(InputError) as exc:
+        nnunet.predict(model_folder, [pet, ct[:-1]], data.SPACING)
+    assert exc.value.reason == "GRID_MISMATCH"
+    with pytest.raises(InputError):
+        nnunet.predict(model_folder, [pet, ct], [4.0, 0.0, 4.0])
+
+
+def test_incomplete_folders(model_folder, tmp_path):
+    with pytest.raises(SegmentationError) as exc:
+        nnunet.get_model(tmp_path / "nope")
+    assert exc.value.reason == "MODEL_INCOMPLETE"
+    broken = tmp_path / "m" / "nnUNetTrainer__P__3d_fullres"
+    shutil.copytree(model_folder, broken)
+    with pytest.raises(SegmentationError) as exc:
+        nnunet.get_model(broken, folds=[3])
+    assert exc.value.reason == "MODEL_INCOMPLETE" and "folds ['3']" in exc.value.message
+    for f in ("0", "1"):
+        os.remove(broken / f"fold_{f}" / "checkpoint_final.pth")
+    with pytest.raises(SegmentationError) as exc:
+        nnunet.get_model(broken)
+    assert exc.value.reason == "MODEL_INCOMPLETE" and "fold_<k>" in exc.value.message
+    os.remove(broken / "plans.json")
+    with pytest.raises(SegmentationError) as exc:
+        nnunet.read_model_info(broken)
+    assert exc.value.reason == "MODEL_INCOMPLETE" and "plans.json" in exc.value.message
+    bad = tmp_path / "bad" / "nnUNetTrainer__P__3d_fullres"
+    shutil.copytree(model_folder, bad)
+    (bad / "fold_0" / "checkpoint_final.pth").write_bytes(b"truncated")
+    with pytest.raises(SegmentationError) as exc:
+        nnunet.get_model(bad, folds=[0])
+    assert exc.value.reason == "MODEL_INCOMPLETE"
+
+
+def test_bad_device(model_folder):
+    with pytest.raises(InputError):
+        nnunet.get_model(model_folder, device="tpu")
+
+
+@pytest.mark.slow
+def test_train_tiny_model_then_predict(tmp_path_factory):
+    """nnU-Net's own fingerprint/plan/preprocess/train on 5 tiny patients, then in-process prediction."""
+    base = tmp_path_factory.mktemp("nnunet-train")
+    folder = data.train_tiny_model(base)
+    summary = json.loads((base / "summary.json").read_text())
+    assert summary["plan"]["patch_size"] == [16, 16, 16] or summary["plan"]["patch_size"] == (16, 16, 16)
+    assert summary["validation"]["0"]["cases"]                     # fold 0 validated on its held-out patient
+    plans = json.loads(open(os.path.join(folder, "plans.json")).read())
+    cfg = plans["configurations"]["3d_fullres"]
+    assert cfg["architecture"]["arch_kwargs"]["features_per_stage"][0] == 4 and cfg["batch_size"] == 2
+    assert cfg["normalization_schemes"] == ["ZScoreNormalization", "CTNormalization"]
+    pet, ct, _ = _study(5)
+    seg = nnunet.predict(folder, [pet, ct], data.SPACING, channel_names=["PET", "CT"], folds=[0])
+    assert seg.shape == pet.shape and seg.dtype == np.uint8
