@@ -44,21 +44,19 @@ log = logging.getLogger(__name__)
 
 
 def gpu_count() -> int:
-    """Number of CUDA devices seen by cupy, else by ``nvidia-smi -L`` (0 without either)."""
-    from petcohort.engine.backend import gpu_available  # noqa: PLC0415
+    """Number of CUDA devices: ``nvidia-smi -L`` lines, else 1 when cupy sees a device, else 0."""
+    from petcohort.engine.backend import gpu_available  # noqa: PLC0415 - the one cupy switch
 
-    if gpu_available():
-        from petcohort.engine.backend import _cupy  # noqa: PLC0415
-
-        return int(_cupy().cuda.runtime.getDeviceCount())
     exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return 0
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    if exe is not None:
+        try:
+            out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        if n:
+            return n
+    return 1 if gpu_available() else 0
 
 
 def _worker_args(spec: JobqueueSpec) -> list[str]:

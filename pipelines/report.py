@@ -37,6 +37,35 @@ _TABLE_SECTIONS = (("segmentation", "Table 1: segmentation (Dice, detection)"),
                    ("delong", "DeLong tests between delta biomarkers"),
                    ("percist", "PERCIST calls with evidence"),
                    ("percist_confusion", "PERCIST confusion matrix"))
+#: The paper's four biomarkers (Fig. 4, Table 2): the report shows these rows;
+#: every biomarker is in the full tables under tables/.
+PAPER_BIOMARKERS = ("sulpeak", "tlg", "pbi", "pli")
+#: Columns of the PERCIST table shown in the report (the evidence in full is in tables/percist).
+_PERCIST_COLUMNS = ("study", "source", "truth_percist", "category", "rule", "reason", "qc_flags",
+                    "evidence.baseline_reference.source", "evidence.baseline_reference.mean",
+                    "evidence.followup_reference.mean", "evidence.baseline_threshold",
+                    "evidence.baseline_target.sulpeak", "evidence.followup_target.sulpeak",
+                    "evidence.sulpeak_delta_abs", "evidence.sulpeak_delta_pct", "evidence.tlg5_delta_pct",
+                    "evidence.new_lesions")
+
+
+def _display_frame(name: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows and columns of a cohort table shown in the report, and a note on what was left to tables/."""
+    shown = frame
+    for col in ("biomarker", "biomarker_a"):
+        if col in frame.columns:
+            mask = frame[col].isin(PAPER_BIOMARKERS)
+            if "biomarker_b" in frame.columns:
+                mask &= frame["biomarker_b"].isin(PAPER_BIOMARKERS)
+            shown = frame[mask]
+            break
+    if name == "percist":
+        shown = shown[[c for c in _PERCIST_COLUMNS if c in shown.columns]]
+        shown = shown.rename(columns=lambda c: c.removeprefix("evidence."))
+    if len(shown) < len(frame) or shown.shape[1] < frame.shape[1]:
+        return shown, (f"Shown: {len(shown)} of {len(frame)} rows, {shown.shape[1]} of {frame.shape[1]} columns "
+                       f"(the paper's biomarkers and the main evidence); the full table is tables/{name}.csv.")
+    return shown, ""
 
 
 def write_report(store_url: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -78,7 +107,8 @@ def write_report(store_url: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
 def render_report(store, tables: dict[str, pd.DataFrame], *, notes: dict[str, list[str]] | None = None) -> str:
     """The report HTML for an open ``store``, its cohort ``tables`` and the tables' ``notes``."""
     notes = notes or {}
-    meta = rd.study_frame(store)
+    attrs = rd.study_attrs(store)
+    meta = rd.study_frame(attrs)
     records = store.stage_records()
     long = rd.biomarker_long(tables.get("studies"), records)
     auto = rd.automatic_values(long, meta) if len(long) else pd.DataFrame()
@@ -103,16 +133,37 @@ def render_report(store, tables: dict[str, pd.DataFrame], *, notes: dict[str, li
         else:
             if frame.index.name is not None:
                 frame = frame.reset_index()
-            body = table_html(frame, table_id=name) + (f'<p class="note">{esc(why)}</p>' if why else "")
+            if name == "percist_confusion":
+                body = _confusion_html(frame)
+            else:
+                shown, cut = _display_frame(name, frame)
+                body = table_html(shown, table_id=name) + (f'<p class="note">{esc(cut)}</p>' if cut else "")
+            body += f'<p class="note">{esc(why)}</p>' if why else ""
             missing = None
         sections.append((sid, title, section(sid, title, body, missing=missing)))
-    prov = rd.suv_provenance(store, meta["study"].tolist())
+    prov = rd.suv_provenance(attrs)
     sections.append(("table-suv-provenance", "SUV provenance per study",
                      section("table-suv-provenance", "SUV provenance per study",
                              table_html(prov, table_id="suv_provenance", max_rows=1000)
                              if len(prov) else "", missing=None if len(prov) else "No studies in the store.")))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return page("petcohort cohort report", sections, generated=stamp)
+
+
+def _confusion_html(frame: pd.DataFrame) -> str:
+    """The PERCIST confusion as one truth x call matrix per source (long table when columns differ)."""
+    if not {"source", "truth", "call", "count"} <= set(frame.columns):
+        return table_html(frame, table_id="percist_confusion")
+    order = ["CMR", "PMR", "SMD", "PMD"]
+    parts = []
+    for source, g in frame.groupby("source", sort=True):
+        m = g.pivot_table(index="truth", columns="call", values="count", aggfunc="sum", fill_value=0)
+        rows = [c for c in order if c in m.index] + sorted(set(m.index) - set(order))
+        cols = [c for c in order if c in m.columns] + sorted(set(m.columns) - set(order))
+        m = m.loc[rows, cols].astype(int)
+        m.index.name = "truth \\ call"
+        parts.append(f"<h3>{esc(source)}</h3>" + table_html(m.reset_index(), table_id=f"percist_confusion_{source}"))
+    return "".join(parts)
 
 
 def _summary(meta: pd.DataFrame, records: dict) -> str:

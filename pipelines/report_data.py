@@ -17,8 +17,9 @@ import pandas as pd
 
 from petcohort.engine.errors import PetCohortError
 
-__all__ = ["BIOMARKERS", "TABLES", "RESPONDER", "load_tables", "load_notes", "study_frame", "biomarker_long", "pick_auto_source",
-           "automatic_values", "response_frame", "failures_frame", "suv_provenance"]
+__all__ = ["BIOMARKERS", "TABLES", "RESPONDER", "load_tables", "load_notes", "study_attrs", "study_frame",
+           "biomarker_long", "pick_auto_source", "automatic_values", "response_frame", "failures_frame",
+           "suv_provenance"]
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,15 @@ def _with_study_column(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def study_frame(store) -> pd.DataFrame:
-    """One row per study from store attrs: study, patient, timepoint, days, site, scanner, truth_percist."""
+def study_attrs(store) -> dict[str, dict]:
+    """Attrs of every study, read once (a 1,000-study store on S3 makes each read count)."""
+    return {key: store.study_attrs(key) for key in store.study_keys()}
+
+
+def study_frame(attrs: dict[str, dict]) -> pd.DataFrame:
+    """One row per study from its attrs: study, patient, timepoint, days, site, scanner, truth_percist."""
     rows = []
-    for key in store.study_keys():
-        a = store.study_attrs(key)
+    for key, a in attrs.items():
         truth = a.get("truth") or {}
         rows.append({"study": key, "patient": a.get("patient"), "timepoint": int(a.get("timepoint", 0)),
                      "days": a.get("days_since_baseline"), "site": a.get("site"), "scanner": a.get("scanner"),
@@ -235,11 +240,10 @@ def failures_frame(records: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["study", "stage", "reason", "message"])
 
 
-def suv_provenance(store, keys: list[str]) -> pd.DataFrame:
+def suv_provenance(attrs: dict[str, dict]) -> pd.DataFrame:
     """SUV provenance per study (units, decay correction, reference time rule, factors, overrides)."""
     rows = []
-    for key in keys:
-        a = store.study_attrs(key)
+    for key, a in attrs.items():
         suv = a.get("suv") or {}
         rows.append({"study": key, "source": a.get("source"), "units": suv.get("units"),
                      "decay_correction": suv.get("decay_correction"),

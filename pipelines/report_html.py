@@ -18,7 +18,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em auto;max-width:1200px;
  color:#222;line-height:1.4;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:.8em;margin:.5em 0}
+table{border-collapse:collapse;font-size:.8em;margin:.5em 0;display:block;overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ddd;padding:2px 6px;text-align:right}th{background:#f3f3f3}
 td.t,th.t{text-align:left}
 .missing{color:#a33;font-style:italic}.note{color:#555;font-size:.85em}

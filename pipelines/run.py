@@ -91,7 +91,10 @@ def _code_version() -> str:
 def plan_run(store: Any, registry: dict[str, Stage], names: list[str], *, config: RunConfig, force: bool,
              token: str) -> RunPlan:
     """Decide which study-stages to run (see the module docstring, step 2)."""
-    studies = {k: store.study_attrs(k) for k in store.study_keys()}
+    # A study whose ingest failed is a placeholder holding only its failure
+    # record (pipelines/ingest.py): nothing to analyse; its follow-ups then
+    # fail with BASELINE_MISSING.
+    studies = {k: a for k in store.study_keys() if not (a := store.study_attrs(k)).get("ingest_failed")}
     records = store.stage_records()
     stage_arrays: dict[str, set[str]] = {}
     for (study, _stage), rec in records.items():

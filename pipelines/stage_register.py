@@ -8,7 +8,10 @@ the QC correlation before and after, and ``mask_source``. An implausible
 registration fails the study-stage with ``REGISTRATION_IMPLAUSIBLE`` (the
 message carries the QC), so U-Net_FU does not run on a misaligned baseline.
 
-Options (``RunConfig.extra``): ``registration_seed`` (int, default 42).
+Options (``RunConfig.extra``): ``registration_seed`` (int, default 42; recorded in the
+summary). The stage declares no config params: ``config_hash`` hashes whole
+RunConfig fields, and hashing all of ``extra`` would redo every registration
+whenever a model folder option changes.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from petcohort.engine.errors import StageError
 from petcohort.engine.segment.registration import Geometry, register_rigid
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
 
-__all__ = ["register_stage_fn", "DEFAULT_SEED"]
+__all__ = ["DEFAULT_SEED", "register_stage_fn"]
 
 DEFAULT_SEED = 42
 
@@ -30,7 +33,7 @@ def _seed(extra: dict[str, Any]) -> int:
     return seed
 
 
-@register_stage("register", applies_to="followup", params=("extra",))
+@register_stage("register", applies_to="followup")
 def register_stage_fn(ctx: StageContext) -> StageOutput:
     """Register the patient's baseline PET onto this follow-up (see module docstring)."""
     if ctx.baseline_key is None:

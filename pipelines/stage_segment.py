@@ -29,14 +29,17 @@ import json
 from typing import Any
 
 import numpy as np
-
 from petcohort.engine.errors import StageError
 from petcohort.engine.segment import nnunet
-from petcohort.engine.segment.registration import Geometry, RigidTransform, apply_transform
+from petcohort.engine.segment.registration import (
+    Geometry,
+    RigidTransform,
+    apply_transform,
+)
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
 from petcohort.storage.nnunet_export import BL_CHANNELS, FU_CHANNELS
 
-__all__ = ["segment_bl_stage", "segment_fu_stage", "MASK_SOURCES"]
+__all__ = ["MASK_SOURCES", "segment_bl_stage", "segment_fu_stage"]
 
 MASK_SOURCES = ("auto", "manual", "nnunet_bl")
 _FOLD_MAPS: dict[str, dict[str, int]] = {}
@@ -57,9 +60,16 @@ def _options(ctx: StageContext, model_key: str) -> dict[str, Any]:
         mapping = _read_fold_map(str(fold_map))
         if patient in mapping:
             folds = [mapping[patient]]
-    return {"folder": str(folder), "folds": None if folds is None else [int(f) for f in folds],
-            "device": nnunet.default_device() if device == "auto" else device,
-            "tta": bool(extra.get("tta", True)), "tile_step": float(extra.get("tile_step", 0.5))}
+    tile_step, tta = extra.get("tile_step", 0.5), extra.get("tta", True)
+    if not isinstance(tile_step, (int, float)) or not 0 < tile_step <= 1 or not isinstance(tta, bool):
+        raise StageError("CONFIG_BAD_VALUE", f"tile_step must be in (0, 1] and tta a bool, got {tile_step!r}, "
+                                             f"{tta!r}")
+    try:
+        folds = None if folds is None else [int(f) for f in folds]
+    except (TypeError, ValueError):
+        raise StageError("CONFIG_BAD_VALUE", f"folds must be a list of ints, got {folds!r}") from None
+    return {"folder": str(folder), "folds": folds, "device": nnunet.default_device() if device == "auto" else device,
+            "tta": tta, "tile_step": float(tile_step)}
 
 
 def _read_fold_map(path: str) -> dict[str, int]:

@@ -16,11 +16,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels.metrics import dice
 from petcohort.engine.segment import nnunet

@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from petcohort.engine.errors import InputError
 
-__all__ = ["BL_CHANNELS", "FU_CHANNELS", "export_nnunet", "make_folds", "splits_from_folds", "dataset_name"]
+__all__ = ["BL_CHANNELS", "FU_CHANNELS", "dataset_name", "export_nnunet", "make_folds", "splits_from_folds"]
 
 log = logging.getLogger(__name__)
 

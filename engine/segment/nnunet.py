@@ -30,19 +30,30 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 from petcohort.engine.errors import InputError, SegmentationError
 
-__all__ = ["ModelInfo", "NnUNetModel", "read_model_info", "get_model", "predict", "clear_cache", "default_device",
-           "TrainPlan", "nnunet_paths", "plan_and_preprocess", "train_fold"]
+__all__ = [
+    "ModelInfo",
+    "NnUNetModel",
+    "TrainPlan",
+    "clear_cache",
+    "default_device",
+    "get_model",
+    "nnunet_paths",
+    "plan_and_preprocess",
+    "predict",
+    "read_model_info",
+    "train_fold",
+]
 
 log = logging.getLogger(__name__)
 
-_CACHE: dict[tuple, "NnUNetModel"] = {}
+_CACHE: dict[tuple, NnUNetModel] = {}
 _LOCK = threading.Lock()
 
 
@@ -136,7 +147,9 @@ class NnUNetModel:
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.label_handling.label_handling import (
+            determine_num_input_channels,
+        )
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         dev = _device(self.device)
@@ -150,8 +163,12 @@ class NnUNetModel:
                 # nnU-Net checkpoints hold plain Python objects next to the tensors, so
                 # weights_only=False as nnU-Net itself loads them: only load folders you trust.
                 ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as exc:  # torch raises many types for a truncated/corrupt file
+            except Exception as exc:  # noqa: BLE001 - torch raises many types for a truncated/corrupt file
                 raise SegmentationError("MODEL_INCOMPLETE", f"cannot read checkpoint {path}: {exc}") from None
+            if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "configuration" not in \
+                    ckpt.get("init_args", {}):
+                raise SegmentationError("MODEL_INCOMPLETE", f"{path} is not an nnU-Net checkpoint "
+                                                            f"(network_weights / init_args.configuration missing)")
             if first is None:
                 first = ckpt
             params.append(ckpt["network_weights"])
@@ -281,6 +298,22 @@ class TrainPlan:
             raise InputError("BAD_PARAMETER", f"patch_size must be 3 ints >= 8 (z, y, x), got {self.patch_size!r}")
 
 
+class _LogStream(io.TextIOBase):
+    """A text stream that sends each printed line to this module's logger (nnU-Net prints its progress)."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self._buf = ""
+
+    def write(self, s: str) -> int:
+        self._buf += s
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            if line.strip():
+                log.log(self.level, "nnU-Net: %s", line.rstrip())
+        return len(s)
+
+
 @contextlib.contextmanager
 def _environ(values: dict[str, str]):
     old = {k: os.environ.get(k) for k in values}
@@ -320,12 +353,17 @@ def plan_and_preprocess(dataset_id: int, plan: TrainPlan, *, configuration: str 
     every channel and label on one grid).
     Returns the plans written.
     """
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import (
+        get_pool_and_conv_props,
+    )
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
+        preprocess_dataset,
+    )
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
-    out = io.StringIO()
+    out = _LogStream(logging.DEBUG)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(out):
         extract_fingerprint_dataset(dataset_id, num_processes=1, check_dataset_integrity=False, clean=True,
@@ -354,7 +392,6 @@ def plan_and_preprocess(dataset_id: int, plan: TrainPlan, *, configuration: str 
         preprocess_dataset(dataset_id, plans_name, configurations=(configuration,), num_processes=(1,),
                            verbose=False, show_progress_bar=False)
     log.info("nnU-Net preprocessing: %.1f s (total %.1f s)", time.perf_counter() - t1, time.perf_counter() - t0)
-    log.debug("nnU-Net planning output: %s", out.getvalue()[-2000:])
     return plans
 
 
@@ -377,7 +414,7 @@ def train_fold(dataset_id: int, fold: int, plan: TrainPlan, *, configuration: st
     ds = _load_json(os.path.join(pre, "dataset.json"), "dataset.json")
     torch.manual_seed(seed)
     np.random.seed(seed)  # nnU-Net's data loaders sample patches with numpy's global RNG
-    out = io.StringIO()
+    out = _LogStream(logging.INFO)
     # nnUNet_n_proc_DA=0: data augmentation in this process (nnU-Net's SingleThreadedAugmenter),
     # no background augmentation processes.
     with contextlib.redirect_stdout(out), _environ({"nnUNet_n_proc_DA": "0"}):
@@ -388,5 +425,4 @@ def train_fold(dataset_id: int, fold: int, plan: TrainPlan, *, configuration: st
         trainer.num_val_iterations_per_epoch = plan.val_iterations_per_epoch
         trainer.initial_lr = plan.initial_lr
         trainer.run_training()
-    log.debug("nnU-Net training output: %s", out.getvalue()[-2000:])
     return trainer.output_folder_base

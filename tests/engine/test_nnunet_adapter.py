@@ -15,10 +15,9 @@ import pytest
 
 pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed: run scripts/install_seg.sh .venv")
 
-import seg_test_data as data  # noqa: E402  (tests/ helper)
-
-from petcohort.engine.errors import InputError, SegmentationError  # noqa: E402
-from petcohort.engine.segment import nnunet  # noqa: E402
+import seg_test_data as data
+from petcohort.engine.errors import InputError, SegmentationError
+from petcohort.engine.segment import nnunet
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +104,12 @@ def test_incomplete_folders(model_folder, tmp_path):
     with pytest.raises(SegmentationError) as exc:
         nnunet.get_model(bad, folds=[0])
     assert exc.value.reason == "MODEL_INCOMPLETE"
+    import torch
+
+    torch.save({"weights": {}}, bad / "fold_1" / "checkpoint_final.pth")
+    with pytest.raises(SegmentationError) as exc:
+        nnunet.get_model(bad, folds=[1])
+    assert exc.value.reason == "MODEL_INCOMPLETE" and "not an nnU-Net checkpoint" in exc.value.message
 
 
 def test_bad_device(model_folder):
@@ -120,7 +125,8 @@ def test_train_tiny_model_then_predict(tmp_path_factory):
     summary = json.loads((base / "summary.json").read_text())
     assert summary["plan"]["patch_size"] == [16, 16, 16] or summary["plan"]["patch_size"] == (16, 16, 16)
     assert summary["validation"]["0"]["cases"]                     # fold 0 validated on its held-out patient
-    plans = json.loads(open(os.path.join(folder, "plans.json")).read())
+    with open(os.path.join(folder, "plans.json")) as fh:
+        plans = json.load(fh)
     cfg = plans["configurations"]["3d_fullres"]
     assert cfg["architecture"]["arch_kwargs"]["features_per_stage"][0] == 4 and cfg["batch_size"] == 2
     assert cfg["normalization_schemes"] == ["ZScoreNormalization", "CTNormalization"]

@@ -6,9 +6,15 @@ import pytest
 
 pytest.importorskip("ants", reason="antspyx is not installed: run scripts/install_seg.sh .venv")
 
-from petcohort.engine.errors import InputError, SegmentationError  # noqa: E402
-from petcohort.engine.segment.registration import (  # noqa: E402
-    Geometry, RigidTransform, apply_transform, normalised_correlation, register_rigid)
+from petcohort.engine.errors import InputError, SegmentationError
+from petcohort.engine.segment.registration import (
+    Geometry,
+    RigidTransform,
+    apply_transform,
+    default_pyramid,
+    normalised_correlation,
+    register_rigid,
+)
 
 SHAPE = (28, 36, 36)
 SPACING = (4.0, 3.0, 3.0)
@@ -87,3 +93,8 @@ def test_bad_inputs():
     assert exc.value.reason == "BAD_GEOMETRY"
     with pytest.raises(SegmentationError):
         normalised_correlation(np.zeros(8), np.arange(8.0))
+
+
+def test_default_pyramid_by_size():
+    assert default_pyramid((336, 80, 160))[1] == (8, 4, 2)       # whole body: stop at half resolution
+    assert default_pyramid(SHAPE)[1] == (4, 2, 1)

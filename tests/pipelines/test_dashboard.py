@@ -99,3 +99,15 @@ def test_document_on_empty_store(tmp_path):
     assert 'data-done="0" data-total="0"' in dash.status.text
     assert dash.fail_src.data["study"] == [] and "No QC MIPs yet" in dash.qc.text
     assert "not known" in dash.link.text
+
+
+def test_poll_error_is_shown_not_raised(tmp_path, monkeypatch):
+    store = make_store(tmp_path / "s.zarr", patients=1, broken=False)
+    dash = make_document(Document(), store.url)
+
+    def boom():
+        raise StoreError("MISSING_ARRAY", "record replaced while reading")
+
+    monkeypatch.setattr(dash.store, "stage_records", boom)
+    dash._next_due = 0.0
+    assert dash.update() is None and "MISSING_ARRAY" in dash.status.text

@@ -90,6 +90,13 @@ def test_qc_rejects_bad_input():
     assert exc.value.reason == "QC_NONFINITE_PET"
 
 
+def test_qc_stage_registered():
+    from petcohort.pipelines.stages import load_stages
+
+    stage = load_stages()["qc"]
+    assert stage.applies_to == "all" and stage.requires == ("threshold",) and not stage.gpu
+
+
 def test_qc_stage_outputs(tmp_path):
     store = make_store(tmp_path / "s.zarr", patients=1, broken=False)
     key = store.study_keys()[0]
@@ -260,3 +267,16 @@ def test_empty_table_section_shows_the_tables_note(tmp_path):
     assert status["table-delong"] == "missing" and "only one biomarker has deltas" in html
     assert status["table-segmentation"] == "ok" and "sd_dice uses ddof=1" in html and "0.61" in html
     assert status["table-percist"] == "missing" and "have not been computed" in html
+
+
+def test_percist_confusion_as_matrix(tmp_path):
+    from petcohort.pipelines.report import render_report
+
+    store = CohortStore.create(tmp_path / "empty.zarr")
+    conf = pd.DataFrame({"source": ["manual", "manual", "manual"], "truth": ["PMR", "PMR", "PMD"],
+                         "call": ["PMR", "SMD", "PMD"], "count": [3, 1, 2]})
+    html = render_report(store, {"percist_confusion": conf})
+    table = re.search(r'<table id="percist_confusion_manual".*?</table>', html).group(0)
+    cells = re.findall(r"<t[hd][^>]*>([^<]*)</t[hd]>", table)
+    # columns in PERCIST order PMR, SMD, PMD; rows PMR, PMD
+    assert cells == ["truth \\ call", "PMR", "SMD", "PMD", "PMR", "3", "1", "0", "PMD", "0", "0", "2"]

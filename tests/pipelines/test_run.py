@@ -120,6 +120,17 @@ def test_followup_without_baseline(tmp_path, client):
     assert ("P-00000000aa-T1", "t_peak") in s.done
 
 
+def test_failed_ingest_placeholder_is_not_analysed(tmp_path, client):
+    store = CohortStore.create(str(tmp_path / "s"))
+    store.add_study("P-00000000bb-T0", {"patient": "P-00000000bb", "timepoint": 0, "ingest_failed": True})
+    store.add_study("P-00000000bb-T1", {"patient": "P-00000000bb", "timepoint": 1, "spacing": [1, 1, 1]})
+    store.write_arrays("P-00000000bb-T1", {"pet": np.ones((4, 4, 4), np.float32)})
+    s = run_cohort(store.url, stages=rts.MAIN, client=client)
+    assert not any(study == "P-00000000bb-T0" for study, _ in s.done)
+    assert not any(study == "P-00000000bb-T0" for study, *_ in s.failed)
+    assert ("P-00000000bb-T1", "t_delta", "BASELINE_MISSING") in s.failed
+
+
 def test_plan_keys_are_pseudonymous_and_dependencies_right(store):
     plan = plan_run(store, dict(STAGES), rts.MAIN, config=RunConfig(), force=False, token="abcd1234")
     assert len(plan.jobs) == 6 + 6 + 3
@@ -218,3 +229,21 @@ def test_run_status_json_for_the_dashboard(store, client):
     status = store.read_json("run")
     assert status["token"] == s.token and status["status"] == "finished"
     assert status["per_stage"] == {"t_peak": {"done": 6, "skipped": 0, "failed": 0}} and status["to_run"] == 6
+
+
+def test_gpu_stage_runs_with_and_without_gpu_workers(store, client, tmp_path):
+    from petcohort.pipelines import stages as stages_mod
+    from petcohort.pipelines.stages import register_stage
+
+    register_stage("t_gpu", gpu=True)(rts.t_peak)
+    try:
+        # no worker advertises GPU: the annotation is dropped instead of waiting forever
+        s = run_cohort(store.url, stages=["t_gpu"], client=client)
+        assert len(s.done) == 6
+        cfg = tmp_path / "gpu.yaml"
+        cfg.write_text("kind: local\nn_workers: 1\nprocesses: false\ndashboard_address: null\n"
+                       "resources: {GPU: 1}\n")
+        s = run_cohort(store.url, stages=["t_gpu"], cluster_file=cfg, force=True)
+        assert len(s.done) == 6
+    finally:
+        stages_mod.STAGES.pop("t_gpu", None)

@@ -6,12 +6,15 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 import seg_test_data as data
-
 from petcohort.engine.errors import InputError
-from petcohort.storage.nnunet_export import (BL_CHANNELS, FU_CHANNELS, export_nnunet, make_folds,
-                                             splits_from_folds)
+from petcohort.storage.nnunet_export import (
+    BL_CHANNELS,
+    FU_CHANNELS,
+    export_nnunet,
+    make_folds,
+    splits_from_folds,
+)
 
 
 def _commit_fake_registration(store, key, base, *, manual=True):
@@ -44,7 +47,7 @@ def test_splits_from_folds_cover_each_case_once_in_val():
     cases = {"P-a-T0": "P-a", "P-a-T1": "P-a", "P-b-T0": "P-b", "P-c-T1": "P-c"}
     splits = splits_from_folds(cases, {"P-a": 0, "P-b": 1, "P-c": 1}, 2)
     assert splits[0] == {"train": ["P-b-T0", "P-c-T1"], "val": ["P-a-T0", "P-a-T1"]}
-    assert sorted(sum((s["val"] for s in splits), [])) == sorted(cases)
+    assert sorted(c for s in splits for c in s["val"]) == sorted(cases)
 
 
 def test_export_layout_channels_and_shared_splits(tmp_path):
