@@ -86,11 +86,7 @@ def load_stages() -> dict[str, Stage]:
     import importlib
 
     for mod in _MODULES:
-        try:
-            importlib.import_module(f"petcohort.pipelines.{mod}")
-        except ModuleNotFoundError as exc:  # a stage module not written yet
-            if exc.name != f"petcohort.pipelines.{mod}":
-                raise
+        importlib.import_module(f"petcohort.pipelines.{mod}")
     return STAGES
 
 

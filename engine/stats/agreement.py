@@ -106,9 +106,11 @@ def lins_ccc(x: Any, y: Any, *, nan_policy: str = "raise", level: float = 0.95) 
         raise StatsError("STATS_CONSTANT", f"{'x' if sxx == 0 else 'y'} is constant; the CCC interval is undefined")
     denom = sxx + syy + (mx - my) ** 2
     ccc = float(2.0 * sxy / denom)
-    if np.array_equal(a, b):
-        return CccResult(1.0, 1.0, 1.0, n)
     ccc = float(np.clip(ccc, -1.0, 1.0))
+    if np.array_equal(a, b) or abs(ccc) == 1.0:
+        # Identical vectors, or differences below float resolution: the
+        # Fisher-z interval is degenerate (z = +-inf); report [ccc, ccc].
+        return CccResult(ccc, ccc, ccc, n)
     sx, sy = np.sqrt(sxx), np.sqrt(syy)
     r = sxy / (sx * sy)
     cb = 2.0 * sx * sy / denom

@@ -58,7 +58,7 @@ def test_ccc_properties(pairs):
     # identity: 1 - ccc = E(x - y)^2 / (s_xx + s_yy + (mx - my)^2), so ccc == 1 iff x == y
     denom = x.var() + y.var() + (x.mean() - y.mean()) ** 2
     assert 1 - a.ccc == pytest.approx(np.mean((x - y) ** 2) / denom, abs=1e-9)
-    if not np.array_equal(x, y):
+    if np.mean((x - y) ** 2) / denom > 1e-12:  # differences above float resolution
         assert a.ccc < 1.0
     assert lins_ccc(x, x).ccc == 1.0
 
