@@ -6,60 +6,31 @@ cluster: through the standard AWS environment variables (botocore reads
 """
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
 import run_test_stages as rts
+from s3_server import moto_server
 from petcohort.pipelines.run import run_cohort
 
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def s3_env(monkeypatch):
-    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    if not Path(exe).exists():
-        pytest.skip("moto_server executable not found")
-    port = _free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip("moto_server did not start")
-                time.sleep(0.2)
+    with moto_server() as url:
         for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                      "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}.items():
             monkeypatch.setenv(k, v)
         s3fs.S3FileSystem.clear_instance_cache()
         bucket = f"petcohort-{uuid.uuid4().hex[:8]}"
         s3fs.S3FileSystem().call_s3("create_bucket", Bucket=bucket)
-        yield bucket
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            yield bucket
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(autouse=True)
