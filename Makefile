@@ -8,11 +8,14 @@ STAMP  := $(VENV)/.stamp-install
 
 venv: $(STAMP)
 
-# Idempotent: re-installs only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Idempotent: re-installs only when pyproject.toml or the segmentation stack changes.
+# The segmentation stack (CPU torch 2.13.0, nnU-Net v2, ANTsPy) has its own script:
+# some of it must go in with --no-deps (see the script's comments).
+$(STAMP): pyproject.toml scripts/install_seg.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	bash scripts/install_seg.sh $(VENV)
 	touch $(STAMP)
 
 demo: venv

@@ -138,25 +138,130 @@ def quantify(
     typer.echo(json.dumps(result, indent=2, default=str) if as_json else render_text(result))
 
 
+def _ints(text: Optional[str], name: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        typer.echo(f"error: [BAD_PARAMETER] {name} must be comma-separated integers, got {text!r}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _floats3(text: Optional[str], name: str) -> Optional[tuple[float, float, float]]:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        typer.echo(f"error: [BAD_PARAMETER] {name} must be three comma-separated numbers (z,y,x), got {text!r}",
+                   err=True)
+        raise typer.Exit(2)
+    return values  # type: ignore[return-value]
+
+
 @app.command()
 def run(
     store: str = typer.Option(..., "--store", help="Cohort store path or URL."),
     cluster: Optional[Path] = typer.Option(None, "--cluster", help="cluster.yaml (default: ./cluster.yaml)."),
-    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages (default: all)."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages (default: all; the "
+                                         "nnU-Net stages only with a model folder)."),
     force: bool = typer.Option(False, "--force", help="Redo committed work."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write results.zarr and tables/ here."),
+    model_bl: Optional[Path] = typer.Option(None, "--model-bl", help="Trained U-Net_BL folder (nnU-Net)."),
+    model_fu: Optional[Path] = typer.Option(None, "--model-fu", help="Trained U-Net_FU folder (nnU-Net)."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Folds of the ensemble (default: all present)."),
+    fold_map: Optional[Path] = typer.Option(None, "--fold-map",
+                                            help="folds.json of export-nnunet: cross-validated predictions."),
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="Test-time mirroring."),
+    tile_step: float = typer.Option(0.5, "--tile-step", help="Sliding-window step (fraction of the patch)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (nnU-Net inference)."),
+    fu_mask_source: str = typer.Option("auto", "--fu-mask-source",
+                                       help="Baseline mask for U-Net_FU: auto | manual | nnunet_bl."),
 ) -> None:
     """Run every stage over the cohort (resumable), then the cohort statistics."""
     _setup_logging()
+    from petcohort.pipelines.config import RunConfig
     from petcohort.pipelines.run import run_cohort
 
+    extra: dict = {"tta": tta, "tile_step": tile_step, "device": device, "fu_mask_source": fu_mask_source}
+    if model_bl is not None:
+        extra["model_bl"] = str(model_bl.resolve())
+    if model_fu is not None:
+        extra["model_fu"] = str(model_fu.resolve())
+    if folds is not None:
+        extra["folds"] = _ints(folds, "--folds")
+    if fold_map is not None:
+        extra["fold_map"] = str(fold_map.resolve())
     try:
-        summary = run_cohort(store, cluster_file=cluster,
-                             stages=stages.split(",") if stages else None, force=force, out=out)
+        summary = run_cohort(store, cluster_file=cluster, stages=stages.split(",") if stages else None,
+                             force=force, out=out, config=RunConfig(extra=extra))
     except PetCohortError as exc:
         _fail(exc)
     if summary.failed:
         raise typer.Exit(1)
+
+
+@app.command("export-nnunet")
+def export_nnunet_cmd(
+    store: str = typer.Option(..., "--store", help="Cohort store path or URL."),
+    out: Path = typer.Option(..., "--out", help="nnU-Net raw folder to write."),
+    dataset_id_bl: int = typer.Option(501, "--dataset-id-bl", help="Dataset id of U-Net_BL (2 channels)."),
+    dataset_id_fu: int = typer.Option(502, "--dataset-id-fu", help="Dataset id of U-Net_FU (4 channels)."),
+    n_folds: int = typer.Option(5, "--folds", help="Patient-level folds (balanced by site and follow-ups)."),
+    seed: int = typer.Option(0, "--seed", help="Fold assignment seed."),
+    suv_clip: float = typer.Option(5.0, "--suv-clip", help="PET channel clip (SUVbw)."),
+) -> None:
+    """Export the cohort as nnU-Net raw datasets (BL and FU) with shared patient-level splits."""
+    _setup_logging()
+    from petcohort.storage.nnunet_export import export_nnunet
+    from petcohort.storage.store import CohortStore
+
+    try:
+        result = export_nnunet(CohortStore.open(store, mode="r"), out, dataset_id_bl=dataset_id_bl,
+                               dataset_id_fu=dataset_id_fu, n_folds=n_folds, seed=seed, suv_clip=suv_clip)
+    except PetCohortError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command("train")
+def train_cmd(
+    raw: Path = typer.Option(..., "--raw", help="nnU-Net raw folder from export-nnunet."),
+    dataset_id: int = typer.Option(..., "--dataset-id", help="501 (U-Net_BL) or 502 (U-Net_FU) by default."),
+    work: Path = typer.Option(..., "--work", help="Work folder (preprocessed/, results/)."),
+    folds: str = typer.Option("0,1,2,3,4", "--folds", help="Folds to train."),
+    features: int = typer.Option(8, "--features", help="Features of the first stage."),
+    max_features: int = typer.Option(64, "--max-features", help="Largest feature count."),
+    patch: str = typer.Option("48,48,48", "--patch", help="Patch size z,y,x (voxels)."),
+    batch: int = typer.Option(2, "--batch", help="Batch size."),
+    epochs: int = typer.Option(10, "--epochs", help="Epochs."),
+    iterations: int = typer.Option(25, "--iterations", help="Training iterations per epoch."),
+    val_iterations: int = typer.Option(5, "--val-iterations", help="Validation iterations per epoch."),
+    lr: float = typer.Option(1e-2, "--lr", help="Initial learning rate."),
+    target_spacing: Optional[str] = typer.Option(None, "--target-spacing", help="Resample to z,y,x mm."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    seed: int = typer.Option(0, "--seed", help="torch/numpy seed."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Dice of each fold's held-out cases."),
+) -> None:
+    """Plan, preprocess and train nnU-Net folds in-process (nnU-Net's own pipeline, configurable plans)."""
+    _setup_logging()
+    from petcohort.engine.segment.nnunet import TrainPlan
+    from petcohort.pipelines.train import train
+
+    patch_size = tuple(int(v) for v in _floats3(patch, "--patch"))
+    try:
+        plan = TrainPlan(base_features=features, max_features=max_features, patch_size=patch_size,
+                         batch_size=batch, epochs=epochs, iterations_per_epoch=iterations,
+                         val_iterations_per_epoch=val_iterations, initial_lr=lr,
+                         target_spacing=_floats3(target_spacing, "--target-spacing"))
+        result = train(raw, work, dataset_id=dataset_id, folds=_ints(folds, "--folds"), plan=plan,
+                       device=device, seed=seed, validate=validate)
+    except PetCohortError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result, indent=2, default=str))
 
 
 @app.command()

@@ -34,9 +34,10 @@ from petcohort.engine.cluster import ClusterSession, connect, load_cluster_confi
 from petcohort.engine.graph import StudyGraph, baseline_keys, build_graph, topological_stages
 from petcohort.pipelines.config import RunConfig, config_hash
 from petcohort.pipelines.progress import RunProgress, render_summary
-from petcohort.pipelines.run_task import (StageJob, build_outputs_task, execute_study_stage, input_hash,
+from petcohort.pipelines.run_task import (StageJob, build_outputs_task, execute_study_stage, fingerprint,
+                                          input_hash,
                                           study_digest)
-from petcohort.pipelines.stages import STAGES, Stage, stage_order
+from petcohort.pipelines.stages import MODEL_STAGES, STAGES, Stage, default_stages, stage_order
 
 __all__ = ["RunSummary", "RunPlan", "plan_run", "run_cohort", "DEFAULT_CLUSTER_FILE"]
 
@@ -103,6 +104,9 @@ def plan_run(store: Any, registry: dict[str, Stage], names: list[str], *, config
     base = baseline_keys(studies)
     version = _code_version()
     order = topological_stages(registry, names)
+    known = stage_order()
+    last_model = max((known.index(m) for m in MODEL_STAGES if m in known), default=len(known))
+    consumers = set(known[last_model + 1:])
     redo: set[tuple[str, str]] = set()
     skipped: list[tuple[str, str]] = []
     jobs: dict[tuple[str, str], StageJob] = {}
@@ -117,11 +121,19 @@ def plan_run(store: Any, registry: dict[str, Stage], names: list[str], *, config
             if not st.applies(attrs):
                 continue
             b = base[study]
+            digest = digests[study]
+            if name in consumers:
+                # Stages after the model stages read their seg/* masks without
+                # requiring them (they run without models too): the model
+                # records of the study and its baseline enter the digest.
+                fps = {f"{k}/{m}": fingerprint(records.get((k, m)))
+                       for k in (study, b) if k is not None for m in MODEL_STAGES if (k, m) in records}
+                digest = input_hash(digest, fps) if fps else digest
             job = StageJob(store_url=store.url, study=study, stage=st, baseline=b,
                            requires=tuple(r for r in st.requires if applies(r, attrs)),
                            baseline_requires=tuple(r for r in st.needs_baseline
                                                    if b is not None and applies(r, studies[b])),
-                           config=config, config_hash=chash, digest=digests[study], code_version=version,
+                           config=config, config_hash=chash, digest=digest, code_version=version,
                            token=token)
             upstream_redone = any((study, r) in redo for r in job.requires) or \
                 any((b, r) in redo for r in job.baseline_requires)
@@ -252,16 +264,24 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
     from petcohort.storage.store import CohortStore  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    names = stage_order(list(stages) if stages is not None else None)
+    names = stage_order(list(stages)) if stages is not None else default_stages(config.extra)
+    left_out = sorted(set(stage_order()) - set(names)) if stages is None else []
+    if left_out:
+        log.info("stages left out (no model folder configured: --model-bl/--model-fu): %s", ", ".join(left_out))
+    # Model stages write the seg/* masks every later stage reads, so they run
+    # as a first phase: the analysis stages are planned once those committed.
+    last_model = max((names.index(s) for s in MODEL_STAGES if s in names), default=-1)
+    phases = [names[: last_model + 1], names[last_model + 1:]] if last_model >= 0 else [names]
+    phases = [p for p in phases if p]
     token = secrets.token_hex(4)
     summary = RunSummary(token=token)
     store = CohortStore.open(store_url, mode="r+")
     with store.lock(f"petcohort run {token}"):
-        plan = plan_run(store, dict(STAGES), names, config=config, force=force, token=token)
+        plan = plan_run(store, dict(STAGES), phases[0], config=config, force=force, token=token)
         summary.skipped = list(plan.skipped)
         log.info("run %s: %d study-stages to run, %d up to date", token, len(plan.jobs), len(plan.skipped))
         session = None
-        if client is None and (plan.jobs or out is not None):
+        if client is None and (plan.jobs or out is not None or len(phases) > 1):
             session = _open_session(cluster_file)
             client = session.client
             summary.dashboard = session.dashboard_link
@@ -276,6 +296,15 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
             with RunProgress(totals) as progress:
                 if plan.jobs:
                     _collect(client, store, plan, _submit(client, plan), progress, summary)
+            for later in phases[1:]:
+                plan = plan_run(store, dict(STAGES), later, config=config, force=force, token=token)
+                summary.skipped.extend(plan.skipped)
+                log.info("run %s: %d more study-stages to run, %d up to date", token, len(plan.jobs),
+                         len(plan.skipped))
+                totals = {n: sum(1 for t in plan.graph.tasks.values() if t.stage == n) for n in plan.graph.stages}
+                with RunProgress(totals) as progress:
+                    if plan.jobs:
+                        _collect(client, store, plan, _submit(client, plan), progress, summary)
             if out is not None:
                 _build_outputs(client, store, out, token)
         finally:

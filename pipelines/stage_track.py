@@ -8,13 +8,15 @@ connected components at ``config.connectivity`` (the same labels as
 ``quantify``) and are matched by
 :func:`petcohort.engine.stats.tracking.match_lesions`.
 
-Registration: this project has no registration module yet, so the baseline is
-taken as already aligned. When both studies share a grid (shape, spacing,
-origin) the voxel-overlap matcher is used directly (identity transform);
-otherwise baseline and follow-up centroids are compared in physical LPS mm
-(identity transform between the two scanner frames) by
-:func:`~petcohort.engine.stats.tracking.match_centroids`, distance only. The
-method used is recorded per source.
+Registration: when the follow-up's ``register`` stage committed (rigid ANTs
+transform of the baseline PET onto the follow-up), the baseline's lesion
+labels are resampled onto the follow-up grid with that transform (label
+interpolation) and matched by voxel overlap, then centroid distance
+(``registered``). Patients lie differently on the couch at each visit, so
+without it lesions rarely overlap. When no registration is available (the
+stage failed, or ANTs is not installed) the baseline is taken as aligned:
+same grid -> overlap matcher (``overlap``); other grids -> centroids compared
+in LPS mm (``centroid``). The method used is recorded per source.
 
 Summary: ``{"sources": {src: {"baseline_source", "method", "n_baseline",
 "n_followup", "matches": [{"baseline_lesion", "followup_lesion", "status",
@@ -74,7 +76,24 @@ def _same_grid(a: dict[str, Any], b: dict[str, Any], shape_a: tuple, shape_b: tu
     return True
 
 
-@register_stage("track", requires=("threshold",), needs_baseline=("threshold",), applies_to="followup",
+def _registration(ctx: StageContext) -> dict[str, Any] | None:
+    """The committed baseline -> follow-up transform (``register`` summary), or None."""
+    rec = ctx.store.stage_record(ctx.key, "register")
+    if rec is None or rec.get("status") != "committed":
+        return None
+    return (rec.get("summary") or {}).get("transform")
+
+
+def _apply_registration(transform: dict[str, Any], bl_labels: np.ndarray, battrs: dict[str, Any],
+                        fu_shape: tuple[int, ...], fattrs: dict[str, Any]) -> np.ndarray:
+    from petcohort.engine.segment.registration import Geometry, RigidTransform, apply_transform  # noqa: PLC0415
+
+    return apply_transform(RigidTransform.from_dict(transform), bl_labels, moving_geom=Geometry.from_attrs(battrs),
+                           fixed_shape=fu_shape, fixed_geom=Geometry.from_attrs(fattrs), label=True,
+                           keep_labels=True)
+
+
+@register_stage("track", requires=("threshold", "register"), needs_baseline=("threshold",), applies_to="followup",
                 params=("connectivity", "sources"))
 def track_stage(ctx: StageContext) -> StageOutput:
     """Lesion matches (persisting/split/merged/vanished/new) per source (module docstring)."""
@@ -83,6 +102,7 @@ def track_stage(ctx: StageContext) -> StageOutput:
     conn = ctx.config.connectivity
     sources: dict[str, Any] = {}
     skipped: dict[str, str] = {}
+    transform = _registration(ctx)
     for src in study_sources(ctx):
         bsrc = baseline_source(ctx, src)
         if bsrc is None:
@@ -90,7 +110,12 @@ def track_stage(ctx: StageContext) -> StageOutput:
             continue
         fu_lab, nfu = label(ctx.store.read_array(ctx.key, f"seg/{src}"), connectivity=conn)
         bl_lab, nbl = label(ctx.store.read_array(base, f"seg/{bsrc}"), connectivity=conn)
-        if _same_grid(ctx.attrs, battrs, fu_lab.shape, bl_lab.shape):
+        if transform is not None:
+            bl_reg = _apply_registration(transform, bl_lab, battrs, fu_lab.shape, ctx.attrs)
+            matches = match_lesions(bl_reg, nbl, fu_lab, nfu, spacing=ctx.spacing,
+                                    max_distance_mm=MAX_DISTANCE_MM, overlap_min=OVERLAP_MIN)
+            method = "registered"
+        elif _same_grid(ctx.attrs, battrs, fu_lab.shape, bl_lab.shape):
             matches = match_lesions(bl_lab, nbl, fu_lab, nfu, spacing=ctx.spacing,
                                     max_distance_mm=MAX_DISTANCE_MM, overlap_min=OVERLAP_MIN)
             method = "overlap"

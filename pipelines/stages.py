@@ -17,7 +17,8 @@ from petcohort.pipelines.config import RunConfig
 if TYPE_CHECKING:
     from petcohort.storage.store import CohortStore
 
-__all__ = ["StageContext", "StageOutput", "Stage", "register_stage", "STAGES", "stage_order", "load_stages"]
+__all__ = ["StageContext", "StageOutput", "Stage", "register_stage", "STAGES", "stage_order", "load_stages",
+           "MODEL_STAGES", "default_stages"]
 
 AppliesTo = Literal["all", "baseline", "followup"]
 
@@ -63,9 +64,14 @@ class Stage:
 STAGES: dict[str, Stage] = {}
 
 # Canonical order; stages not yet registered are simply absent.
-_ORDER = ("organs", "threshold", "quantify", "evaluate", "qc", "track", "percist")
-_MODULES = ("stage_organs", "stage_threshold", "stage_quantify", "stage_evaluate",
-            "stage_qc", "stage_track", "stage_percist")
+_ORDER = ("organs", "threshold", "register", "segment_bl", "segment_fu", "quantify", "evaluate", "qc",
+          "track", "percist")
+_MODULES = ("stage_organs", "stage_threshold", "stage_register", "stage_segment", "stage_quantify",
+            "stage_evaluate", "stage_qc", "stage_track", "stage_percist")
+#: Stages that need a trained model folder (RunConfig.extra key). They run only
+#: when that folder is configured: phantom-trained demo networks must never
+#: segment real data by default.
+MODEL_STAGES = {"segment_bl": "model_bl", "segment_fu": "model_fu"}
 
 
 def register_stage(name: str, *, requires: tuple[str, ...] = (), needs_baseline: tuple[str, ...] = (),
@@ -102,3 +108,8 @@ def stage_order(names: list[str] | None = None) -> list[str]:
 
         raise ConfigError("UNKNOWN_STAGE", f"unknown stage(s) {sorted(unknown)}; known: {known}")
     return [s for s in known if s in names]
+
+
+def default_stages(extra: dict[str, Any]) -> list[str]:
+    """Every registered stage, less the model stages whose model folder is not configured."""
+    return [s for s in stage_order() if s not in MODEL_STAGES or extra.get(MODEL_STAGES[s])]

@@ -287,6 +287,7 @@ class TrainPlan:
     iterations_per_epoch: int = 25
     val_iterations_per_epoch: int = 5
     initial_lr: float = 1e-2
+    target_spacing: tuple[float, float, float] | None = None  # mm (z, y, x); None: nnU-Net's median spacing
 
     def __post_init__(self) -> None:
         for name in ("base_features", "max_features", "batch_size", "epochs", "iterations_per_epoch",
@@ -296,6 +297,9 @@ class TrainPlan:
                 raise InputError("BAD_PARAMETER", f"{name} must be an int >= 1, got {v!r}")
         if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 8):
             raise InputError("BAD_PARAMETER", f"patch_size must be 3 ints >= 8 (z, y, x), got {self.patch_size!r}")
+        if self.target_spacing is not None and (len(self.target_spacing) != 3 or min(self.target_spacing) <= 0):
+            raise InputError("BAD_PARAMETER", f"target_spacing must be 3 positive mm values (z, y, x), "
+                                              f"got {self.target_spacing!r}")
 
 
 class _LogStream(io.TextIOBase):
@@ -368,7 +372,12 @@ def plan_and_preprocess(dataset_id: int, plan: TrainPlan, *, configuration: str 
     with contextlib.redirect_stdout(out):
         extract_fingerprint_dataset(dataset_id, num_processes=1, check_dataset_integrity=False, clean=True,
                                     verbose=False, show_progress_bar=False)
-        plan_experiment_dataset(dataset_id, overwrite_plans_name=plans_name)
+        # a coarser target spacing makes training and inference cheaper (nnU-Net resamples
+        # every input to it); the planner takes it in the images' array order (z, y, x), before
+        # its own axis transpose
+        plan_experiment_dataset(dataset_id, overwrite_plans_name=plans_name,
+                                overwrite_target_spacing=None if plan.target_spacing is None
+                                else [float(v) for v in plan.target_spacing])
     log.info("nnU-Net fingerprint + plan: %.1f s", time.perf_counter() - t0)
     name = convert_id_to_dataset_name(dataset_id)
     plans_file = os.path.join(os.environ["nnUNet_preprocessed"], name, plans_name + ".json")

@@ -205,7 +205,8 @@ def _apply(ants, tx_file: str, moving: np.ndarray, moving_geom: Geometry, fixed_
 
 
 def apply_transform(transform: RigidTransform, moving: np.ndarray, *, moving_geom: Geometry,
-                    fixed_shape: Sequence[int], fixed_geom: Geometry, label: bool = False) -> np.ndarray:
+                    fixed_shape: Sequence[int], fixed_geom: Geometry, label: bool = False,
+                    keep_labels: bool = False) -> np.ndarray:
     """Resample a baseline array onto the follow-up grid with a saved transform.
 
     Parameters
@@ -215,6 +216,7 @@ def apply_transform(transform: RigidTransform, moving: np.ndarray, *, moving_geo
     moving_geom, fixed_geom : Geometry  grids of the baseline and follow-up
     fixed_shape : (3,) ints  follow-up array shape
     label : bool  True: ``genericLabel`` interpolation, uint8 out; else linear, float32 out
+    keep_labels : bool  with ``label``: keep the label values (int32 out; lesion ids for tracking)
     """
     ants = _ants()
     fixed_img = ants.from_numpy(np.zeros(tuple(int(s) for s in fixed_shape)[::-1], np.float32),
@@ -230,6 +232,8 @@ def apply_transform(transform: RigidTransform, moving: np.ndarray, *, moving_geo
         out = _apply(ants, tx_file, moving, moving_geom, fixed_img, "genericLabel" if label else "linear")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if label and keep_labels:
+        return np.rint(out).astype(np.int32)
     return (out > 0.5).astype(np.uint8) if label else out.astype(np.float32)
 
 

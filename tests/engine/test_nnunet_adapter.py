@@ -133,3 +133,27 @@ def test_train_tiny_model_then_predict(tmp_path_factory):
     pet, ct, _ = _study(5)
     seg = nnunet.predict(folder, [pet, ct], data.SPACING, channel_names=["PET", "CT"], folds=[0])
     assert seg.shape == pet.shape and seg.dtype == np.uint8
+
+
+def test_train_plan_validation():
+    assert nnunet.TrainPlan().patch_size == (48, 48, 48)
+    for bad in ({"batch_size": 0}, {"patch_size": (4, 48, 48)}, {"target_spacing": (4.0, 0.0, 4.0)},
+                {"epochs": 1.5}):
+        with pytest.raises(InputError) as exc:
+            nnunet.TrainPlan(**bad)
+        assert exc.value.reason == "BAD_PARAMETER"
+
+
+DEMO = os.path.join(os.path.dirname(__file__), "..", "..", "models", "demo")
+
+
+@pytest.mark.parametrize(("dataset", "channels"), [("Dataset501_PetCohortBL", ("PET", "CT")),
+                                                   ("Dataset502_PetCohortFU", ("PET", "CT", "PET_BL", "noNorm"))])
+def test_demo_models_load_with_documented_channels(dataset, channels):
+    folder = os.path.join(DEMO, dataset, "nnUNetTrainer__PetCohortPlans__3d_fullres")
+    if not os.path.isdir(folder):
+        pytest.skip(f"demo model {dataset} not trained (models/train_demo.py)")
+    model = nnunet.get_model(folder, device="cpu")
+    assert model.info.channel_names == channels and model.folds == ("0",)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
+    assert size < 5_000_000                                        # models/demo stays <= 10 MB in all

@@ -4,7 +4,8 @@ from typer.testing import CliRunner
 
 from petcohort.pipelines.cli import app
 
-COMMANDS = ["synth", "ingest", "suv", "quantify", "run", "manifest", "tables", "report", "dashboard", "demo"]
+COMMANDS = ["synth", "ingest", "suv", "quantify", "run", "manifest", "tables", "report", "dashboard", "demo",
+            "export-nnunet", "train"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -113,3 +113,20 @@ def test_reasons(models):
             fn(ctx)
         assert exc.value.reason == "NO_BASELINE"
     assert "seg/nnunet_bl" in segment_bl_stage(ctx).arrays
+
+
+def test_train_refuses_bad_inputs_before_running_nnunet(tmp_path):
+    from petcohort.pipelines.train import train
+
+    with pytest.raises(PetCohortError) as exc:
+        train(tmp_path, tmp_path / "work", dataset_id=501)
+    assert exc.value.reason == "NO_DATASET"
+    ds = tmp_path / "Dataset501_PetCohortBL"
+    ds.mkdir()
+    with pytest.raises(PetCohortError) as exc:
+        train(tmp_path, tmp_path / "work", dataset_id=501)
+    assert exc.value.reason == "NO_SPLITS"
+    (ds / "splits_final.json").write_text(json.dumps([{"train": ["a"], "val": ["b"]}] * 2))
+    with pytest.raises(PetCohortError) as exc:
+        train(tmp_path, tmp_path / "work", dataset_id=501, folds=(0, 2))
+    assert exc.value.reason == "BAD_PARAMETER" and "0..1" in exc.value.message
