@@ -96,13 +96,20 @@ class Dashboard:
                              name="petcohort-dashboard")
 
     def _applicable(self) -> dict[str, int]:
-        from petcohort.pipelines.stages import STAGES, stage_order
+        from petcohort.pipelines.stages import STAGES, default_stages, load_stages
 
+        load_stages()
         keys = self.store.study_keys()
         for key in keys:
             if key not in self._attrs:
                 self._attrs[key] = self.store.study_attrs(key)
-        return {name: sum(1 for k in keys if STAGES[name].applies(self._attrs[k])) for name in stage_order()}
+        # The stages of the current run (the runner's `run` JSON); before any
+        # run, the default stages (model stages only run with a model folder).
+        run = self.store.read_json("run")
+        names = run.get("stages") if isinstance(run, dict) and run.get("stages") else default_stages({})
+        keys = [k for k in keys if not self._attrs[k].get("ingest_failed")]
+        return {name: sum(1 for k in keys if STAGES[name].applies(self._attrs[k])) for name in names
+                if name in STAGES}
 
     def _dask_link(self) -> str:
         """Run status and Dask dashboard link (argument, else the runner's ``run`` JSON in the store)."""
