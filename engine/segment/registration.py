@@ -216,7 +216,7 @@ def apply_transform(transform: RigidTransform, moving: np.ndarray, *, moving_geo
     moving_geom, fixed_geom : Geometry  grids of the baseline and follow-up
     fixed_shape : (3,) ints  follow-up array shape
     label : bool  True: ``genericLabel`` interpolation, uint8 out; else linear, float32 out
-    keep_labels : bool  with ``label``: keep the label values (int32 out; lesion ids for tracking)
+    keep_labels : bool  with ``label``: keep the label values (int32 out, nearest neighbour; lesion ids)
     """
     ants = _ants()
     fixed_img = ants.from_numpy(np.zeros(tuple(int(s) for s in fixed_shape)[::-1], np.float32),
@@ -229,7 +229,11 @@ def apply_transform(transform: RigidTransform, moving: np.ndarray, *, moving_geo
     try:
         tx_file = os.path.join(tmp, "rigid.mat")
         ants.write_transform(tx, tx_file)
-        out = _apply(ants, tx_file, moving, moving_geom, fixed_img, "genericLabel" if label else "linear")
+        # Lesion-id maps (keep_labels) hold up to hundreds of labels; genericLabel
+        # interpolates each label separately (minutes on a whole body), nearest
+        # neighbour keeps the ids exactly at the cost of sub-voxel smoothness.
+        interp = ("nearestNeighbor" if keep_labels else "genericLabel") if label else "linear"
+        out = _apply(ants, tx_file, moving, moving_geom, fixed_img, interp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if label and keep_labels:
