@@ -31,11 +31,11 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from petcohort.engine.errors import InputError, SegmentationError
+from petcohort.engine.segment.nnunet_model import ModelInfo, TrainPlan, load_json, read_model_info
 
 __all__ = [
     "ModelInfo",
@@ -55,57 +55,6 @@ log = logging.getLogger(__name__)
 
 _CACHE: dict[tuple, NnUNetModel] = {}
 _LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a trained nnU-Net model folder holds (read from its JSON files)."""
-
-    folder: str
-    channel_names: tuple[str, ...]          # in channel order ("0", "1", ...)
-    labels: dict[str, int]
-    folds: tuple[str, ...]                  # folds with the requested checkpoint, e.g. ("0", "1")
-    configuration: str | None
-    normalization: tuple[str, ...] | None   # per channel, from the plans (e.g. "ZScoreNormalization")
-
-
-def _load_json(path: str, what: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise SegmentationError("MODEL_INCOMPLETE", f"model folder lacks {what}: {path} not found") from None
-    except json.JSONDecodeError as exc:
-        raise SegmentationError("MODEL_INCOMPLETE", f"{path} is not valid JSON: {exc}") from None
-
-
-def read_model_info(folder: str | os.PathLike, *, checkpoint: str = "checkpoint_final.pth") -> ModelInfo:
-    """Check a trained model folder and read its channels, labels and folds.
-
-    Raises
-    ------
-    SegmentationError
-        ``MODEL_INCOMPLETE`` when the folder, ``dataset.json``, ``plans.json``
-        or every ``fold_<k>/<checkpoint>`` is missing.
-    """
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise SegmentationError("MODEL_INCOMPLETE", f"model folder {folder!r} does not exist")
-    ds = _load_json(os.path.join(folder, "dataset.json"), "dataset.json")
-    plans = _load_json(os.path.join(folder, "plans.json"), "plans.json")
-    names = ds.get("channel_names", ds.get("modality"))
-    if not isinstance(names, dict) or not names:
-        raise SegmentationError("MODEL_INCOMPLETE", f"{folder}/dataset.json has no channel_names")
-    channel_names = tuple(str(names[k]) for k in sorted(names, key=int))
-    folds = tuple(sorted((d[len("fold_"):] for d in os.listdir(folder)
-                          if d.startswith("fold_") and os.path.isfile(os.path.join(folder, d, checkpoint))),
-                         key=lambda f: (not f.isdigit(), f)))
-    if not folds:
-        raise SegmentationError("MODEL_INCOMPLETE", f"model folder {folder!r} has no fold_<k>/{checkpoint}")
-    config = os.path.basename(os.path.normpath(folder)).split("__")[-1] or None
-    norm = plans.get("configurations", {}).get(config, {}).get("normalization_schemes") if config else None
-    return ModelInfo(folder=folder, channel_names=channel_names, labels=dict(ds.get("labels", {})), folds=folds,
-                     configuration=config, normalization=tuple(norm) if norm else None)
 
 
 def _device(name: str):
@@ -154,8 +103,8 @@ class NnUNetModel:
 
         dev = _device(self.device)
         folder = self.info.folder
-        ds = _load_json(os.path.join(folder, "dataset.json"), "dataset.json")
-        plans_manager = PlansManager(_load_json(os.path.join(folder, "plans.json"), "plans.json"))
+        ds = load_json(os.path.join(folder, "dataset.json"), "dataset.json")
+        plans_manager = PlansManager(load_json(os.path.join(folder, "plans.json"), "plans.json"))
         params, first = [], None
         for f in self.folds:
             path = os.path.join(folder, f"fold_{f}", checkpoint)
@@ -275,33 +224,6 @@ def predict(folder: str | os.PathLike, channels: Sequence[np.ndarray], spacing: 
 # and a small, explicit network (features, patch, batch) so tiny models train on CPU.
 # --------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TrainPlan:
-    """Overrides of nnU-Net's 3d_fullres plan and trainer schedule (documented in models/README.md)."""
-
-    base_features: int = 8
-    max_features: int = 64
-    patch_size: tuple[int, int, int] | None = (48, 48, 48)   # None: nnU-Net's own choice
-    batch_size: int = 2
-    epochs: int = 10
-    iterations_per_epoch: int = 25
-    val_iterations_per_epoch: int = 5
-    initial_lr: float = 1e-2
-    target_spacing: tuple[float, float, float] | None = None  # mm (z, y, x); None: nnU-Net's median spacing
-
-    def __post_init__(self) -> None:
-        for name in ("base_features", "max_features", "batch_size", "epochs", "iterations_per_epoch",
-                     "val_iterations_per_epoch"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                raise InputError("BAD_PARAMETER", f"{name} must be an int >= 1, got {v!r}")
-        if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 8):
-            raise InputError("BAD_PARAMETER", f"patch_size must be 3 ints >= 8 (z, y, x), got {self.patch_size!r}")
-        if self.target_spacing is not None and (len(self.target_spacing) != 3 or min(self.target_spacing) <= 0):
-            raise InputError("BAD_PARAMETER", f"target_spacing must be 3 positive mm values (z, y, x), "
-                                              f"got {self.target_spacing!r}")
-
-
 class _LogStream(io.TextIOBase):
     """A text stream that sends each printed line to this module's logger (nnU-Net prints its progress)."""
 
@@ -381,7 +303,7 @@ def plan_and_preprocess(dataset_id: int, plan: TrainPlan, *, configuration: str 
     log.info("nnU-Net fingerprint + plan: %.1f s", time.perf_counter() - t0)
     name = convert_id_to_dataset_name(dataset_id)
     plans_file = os.path.join(os.environ["nnUNet_preprocessed"], name, plans_name + ".json")
-    plans = _load_json(plans_file, "plans")
+    plans = load_json(plans_file, "plans")
     cfg = plans["configurations"][configuration]
     spacing = cfg["spacing"]
     patch = list(cfg["patch_size"]) if plan.patch_size is None else \
@@ -418,9 +340,9 @@ def train_fold(dataset_id: int, fold: int, plan: TrainPlan, *, configuration: st
 
     name = convert_id_to_dataset_name(dataset_id)
     pre = os.path.join(os.environ["nnUNet_preprocessed"], name)
-    plans = _load_json(os.path.join(pre, plans_name + ".json"), "plans")
+    plans = load_json(os.path.join(pre, plans_name + ".json"), "plans")
     plans["continue_training"] = False  # nnU-Net 2.8's run_training entry point sets this key; the trainer pops it
-    ds = _load_json(os.path.join(pre, "dataset.json"), "dataset.json")
+    ds = load_json(os.path.join(pre, "dataset.json"), "dataset.json")
     torch.manual_seed(seed)
     np.random.seed(seed)  # nnU-Net's data loaders sample patches with numpy's global RNG
     out = _LogStream(logging.INFO)
