@@ -51,6 +51,21 @@ def _memory_dict(name: str, create: bool) -> dict[str, Any] | None:
         return _MEMORY.get(name)
 
 
+
+def _durable_temp(path, data: bytes):
+    """Write ``data`` to a fsynced private temp file beside ``path``; return (path, temp path)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path, tmp
+
 class Backend:
     """Key/value view of one store root, plus the zarr store for arrays.
 
@@ -98,14 +113,8 @@ class Backend:
         Memory: one dict assignment. Object stores: one PUT (atomic per object).
         """
         if self.kind == "local":
-            path = self.root / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            path, tmp = _durable_temp(self.root / key, data)
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -125,14 +134,8 @@ class Backend:
             # to the final name: link(2) fails with EEXIST when the name is
             # taken, so the create is exclusive AND never exposes a
             # half-written file (the trick of python-atomicwrites).
-            path = self.root / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            path, tmp = _durable_temp(self.root / key, data)
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
                 os.link(tmp, path)
                 return True
             except FileExistsError:
