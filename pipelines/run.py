@@ -203,6 +203,28 @@ def _collect(client: Any, store: Any, plan: RunPlan, futures: dict[str, Any], pr
                 summary.failed.append((spec.study, spec.stage, str(res["reason"])))
             progress.advance(spec.stage, failed=res["status"] != "committed")
         fut.release()
+    # Dask blames every task that was on a worker when it died, so a healthy
+    # study-stage queued beside a crashing one can end as KilledWorker too.
+    # Retry those (and their dependants) alone, one at a time, in dependency
+    # order: only a task that kills its worker on its own is WORKER_LOST.
+    retry = {k for k, e in errored.items() if type(e).__name__ == "KilledWorker"}
+    for key in [k for k in plan.graph.order if k in errored]:
+        spec = plan.graph.tasks[key]
+        if any(d in errored for d in spec.deps) or not (key in retry or any(d in retry for d in spec.deps)):
+            continue
+        retry.add(key)
+        try:
+            res = client.submit(execute_study_stage, plan.jobs[key], key=f"{key}-alone", pure=False).result()
+        except Exception as exc:  # noqa: BLE001 - KilledWorker again: this task is the culprit
+            errored[key] = exc
+            continue
+        del errored[key]
+        ok = res["status"] == "committed"
+        if ok:
+            summary.done.append((spec.study, spec.stage))
+        else:
+            summary.failed.append((spec.study, spec.stage, str(res["reason"])))
+        progress.advance(spec.stage, failed=not ok)
     for key, exc in errored.items():
         spec = plan.graph.tasks[key]
         if any(d in errored for d in spec.deps):
