@@ -30,8 +30,12 @@ from petcohort.storage.store import CohortStore
 log = logging.getLogger("train_demo")
 SEED = 1000
 DEMO = Path(__file__).resolve().parent / "demo"
+# 6 mm voxels: ~3.4x fewer voxels than the phantoms' ~4 mm, so CPU inference fits `make demo`;
+# initial_lr 3e-3 (nnU-Net's default 1e-2 made the tiny 4-channel U-Net_FU collapse to an
+# all-background output after ~18 epochs while its loss kept falling; see models/README.md)
 PLAN = {"base_features": 8, "max_features": 32, "patch_size": (48, 48, 48), "batch_size": 2,
-        "iterations_per_epoch": 50, "val_iterations_per_epoch": 5}
+        "iterations_per_epoch": 50, "val_iterations_per_epoch": 5, "initial_lr": 3e-3,
+        "target_spacing": (6.0, 6.0, 6.0)}
 
 
 def register_all(store: CohortStore) -> None:

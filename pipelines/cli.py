@@ -333,13 +333,16 @@ def demo(
     patients: int = typer.Option(12, "--patients", help="Synthetic patients."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     cluster: Optional[Path] = typer.Option(None, "--cluster", help="cluster.yaml (default: ./cluster.yaml)."),
+    models: Optional[Path] = typer.Option(Path("models/demo"), "--models",
+                                          help="Folder with the demo U-Net_BL/U-Net_FU (Dataset501_*, Dataset502_*)."),
+    nnunet: bool = typer.Option(True, "--nnunet/--no-nnunet", help="Run the nnU-Net stages with --models."),
 ) -> None:
-    """Synthetic cohort -> whole pipeline -> tables and report in OUT."""
+    """Synthetic cohort -> whole pipeline (with nnU-Net when the models are there) -> tables and report in OUT."""
     _setup_logging()
     from petcohort.pipelines.demo import run_demo
 
     try:
-        run_demo(out, patients=patients, seed=seed, cluster_file=cluster)
+        run_demo(out, patients=patients, seed=seed, cluster_file=cluster, models=models if nnunet else None)
     except PetCohortError as exc:
         _fail(exc)
 

@@ -12,18 +12,48 @@ from pathlib import Path
 
 from petcohort.engine.errors import InputError
 
-__all__ = ["run_demo"]
+__all__ = ["demo_models", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 
+def demo_models(models: Path | str | None) -> dict[str, str]:
+    """The demo's nnU-Net options (``RunConfig.extra``) for the model folders under ``models``.
+
+    ``models`` holds ``Dataset501_*/<trainer>__<plans>__3d_fullres`` (U-Net_BL) and
+    ``Dataset502_*/...`` (U-Net_FU), as ``models/demo/`` does. Returns ``{}`` (and says why in
+    the log) when ``models`` is None, a network is missing or nnU-Net is not installed: the demo
+    then runs without the nnU-Net stages.
+    """
+    import importlib.util
+
+    if models is None:
+        return {}
+    found = {}
+    for key, dataset in (("model_bl", "Dataset501_*"), ("model_fu", "Dataset502_*")):
+        folders = sorted(p for p in Path(models).glob(f"{dataset}/*__3d_fullres") if (p / "plans.json").is_file())
+        if folders:
+            found[key] = str(folders[0])
+    if len(found) < 2:
+        log.warning("demo: no U-Net_BL and U-Net_FU model folders under %s: nnU-Net stages skipped", models)
+        return {}
+    if importlib.util.find_spec("nnunetv2") is None or importlib.util.find_spec("ants") is None:
+        log.warning("demo: nnU-Net/ANTsPy not installed (scripts/install_seg.sh): nnU-Net stages skipped")
+        return {}
+    # no mirroring TTA: 8x fewer network passes on CPU; tile step 0.5 is nnU-Net's default
+    return {**found, "tta": False, "tile_step": 0.5}
+
+
 def run_demo(out: Path | str, *, patients: int = 12, seed: int = 0, cluster_file: Path | None = None,
-             sites: int = 2) -> dict:
+             sites: int = 2, models: Path | str | None = None) -> dict:
     """Generate the demo cohort in ``out/store`` and run the whole pipeline.
 
+    ``models``: folder with the demo nnU-Net networks (see :func:`demo_models`); None runs the
+    pipeline without the nnU-Net stages.
     Returns a dict of what was written and how long each step took (seconds).
     A previous demo output in ``out`` is replaced (it is derived data only).
     """
+    from petcohort.pipelines.config import RunConfig
     from petcohort.pipelines.report import write_report
     from petcohort.pipelines.run import run_cohort
     from petcohort.pipelines.synthetic import synthesize
@@ -45,7 +75,11 @@ def run_demo(out: Path | str, *, patients: int = 12, seed: int = 0, cluster_file
     timings["synth_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    summary = run_cohort(str(store), cluster_file=cluster_file, out=out)
+    extra = demo_models(models)
+    if extra:
+        log.info("demo: nnU-Net U-Net_BL %s, U-Net_FU %s (tta off, tile step 0.5)", extra["model_bl"],
+                 extra["model_fu"])
+    summary = run_cohort(str(store), cluster_file=cluster_file, out=out, config=RunConfig(extra=extra))
     timings["run_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -58,4 +92,5 @@ def run_demo(out: Path | str, *, patients: int = 12, seed: int = 0, cluster_file
         log.warning("demo: %d study-stage(s) failed; see the summary above and `petcohort manifest`",
                     len(summary.failed))
     return {"store": str(store), "report": str(report), "timings": timings, "synth": synth_summary,
+            "nnunet": bool(extra),
             "failed": list(summary.failed)}

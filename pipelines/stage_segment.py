@@ -37,7 +37,7 @@ from petcohort.engine.segment.registration import (
     apply_transform,
 )
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
-from petcohort.storage.nnunet_export import BL_CHANNELS, FU_CHANNELS
+from petcohort.storage.nnunet_export import BL_CHANNELS, FU_CHANNELS, clipped_pet
 
 __all__ = ["MASK_SOURCES", "segment_bl_stage", "segment_fu_stage"]
 
@@ -83,7 +83,7 @@ def _read_fold_map(path: str) -> dict[str, int]:
 
 
 def _pet(ctx: StageContext, key: str, name: str = "pet") -> np.ndarray:
-    return np.clip(ctx.store.read_array(key, name).astype(np.float32), 0.0, float(ctx.config.suv_clip))
+    return clipped_pet(ctx.store, key, name, suv_clip=ctx.config.suv_clip)
 
 
 def _run(ctx: StageContext, opts: dict[str, Any], channels: list[np.ndarray], names) -> np.ndarray:

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 from petcohort.engine.errors import InputError
 
-__all__ = ["BL_CHANNELS", "FU_CHANNELS", "dataset_name", "export_nnunet", "make_folds", "splits_from_folds"]
+__all__ = ["BL_CHANNELS", "FU_CHANNELS", "clipped_pet", "dataset_name", "export_nnunet", "make_folds",
+           "splits_from_folds", "write_case"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,34 @@ def _write_nifti(path: Path, array: np.ndarray, spacing, origin) -> None:
     img.SetSpacing([float(s) for s in spacing[::-1]])
     img.SetOrigin([float(o) for o in origin[::-1]])
     sitk.WriteImage(img, str(path), useCompression=True)
+
+
+def clipped_pet(store, key: str, name: str = "pet", *, suv_clip: float = 5.0) -> np.ndarray:
+    """A PET array of the store as the networks see it: SUVbw clipped to [0, suv_clip], float32."""
+    return np.clip(store.read_array(key, name).astype(np.float32), 0.0, float(suv_clip))
+
+
+def write_case(store, key: str, folder: str | os.PathLike, network: str = "BL", *,
+               suv_clip: float = 5.0) -> list[Path]:
+    """Write one study's network input as nnU-Net files ``<key>_<channel:04d>.nii.gz`` in ``folder``.
+
+    ``network`` "BL": PET, CT; "FU": also the registered baseline PET and the
+    registered baseline manual mask (``reg/*``, from the ``register`` stage).
+    This is the input layout of stock ``nnUNetv2_predict`` too. Returns the paths written.
+    """
+    if network not in ("BL", "FU"):
+        raise InputError("BAD_PARAMETER", f"network must be 'BL' or 'FU', got {network!r}")
+    a = store.study_attrs(key)
+    chans = [clipped_pet(store, key, suv_clip=suv_clip), store.read_array(key, "ct")]
+    if network == "FU":
+        chans += [clipped_pet(store, key, "reg/baseline_pet", suv_clip=suv_clip),
+                  (store.read_array(key, "reg/baseline_mask") > 0).astype(np.uint8)]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{key}_{i:04d}.nii.gz" for i in range(len(chans))]
+    for path, c in zip(paths, chans):
+        _write_nifti(path, c, a["spacing"], a.get("origin", [0.0, 0.0, 0.0]))
+    return paths
 
 
 def _dataset_json(channels, n: int, extra: dict) -> dict:
@@ -180,13 +209,7 @@ def export_nnunet(store, out_dir: str | os.PathLike, *, dataset_id_bl: int = 501
         for k in sorted(cases):
             a = attrs[k]
             spacing, origin = a["spacing"], a.get("origin", [0.0, 0.0, 0.0])
-            pet = np.clip(store.read_array(k, "pet").astype(np.float32), 0.0, float(suv_clip))
-            chans = [pet, store.read_array(k, "ct")]
-            if net == "FU":
-                chans += [np.clip(store.read_array(k, "reg/baseline_pet").astype(np.float32), 0.0, float(suv_clip)),
-                          (store.read_array(k, "reg/baseline_mask") > 0).astype(np.uint8)]
-            for i, c in enumerate(chans):
-                _write_nifti(root / "imagesTr" / f"{k}_{i:04d}.nii.gz", c, spacing, origin)
+            write_case(store, k, root / "imagesTr", net, suv_clip=suv_clip)
             label = (store.read_array(k, "seg/manual") > 0).astype(np.uint8)
             _write_nifti(root / "labelsTr" / f"{k}.nii.gz", label, spacing, origin)
         (root / "dataset.json").write_text(json.dumps(_dataset_json(channels, len(cases), provenance), indent=1))

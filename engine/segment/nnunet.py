@@ -180,6 +180,14 @@ class NnUNetModel:
         data = np.stack([np.asarray(c, np.float32) for c in channels])
         if not np.isfinite(data).all():
             raise InputError("NON_FINITE", "an input channel contains NaN or infinite values")
+        # an empty or constant PET carries nothing to segment and z-scores to garbage (nnU-Net
+        # divides by its standard deviation); CT (fixed-window normalisation) and the no-normalisation
+        # baseline-mask channel may be constant (a CT crop inside soft tissue; no baseline lesion)
+        norms = self.info.normalization or ("ZScoreNormalization",) * len(data)
+        for name, norm, chan in zip(self.info.channel_names, norms, data):
+            if norm == "ZScoreNormalization" and chan.min() == chan.max():
+                raise InputError("CONSTANT_IMAGE", f"input channel {name!r} is constant ({float(chan.min()):g} "
+                                                   f"everywhere): an empty or blank image cannot be segmented")
         with self._lock:
             self._predictor.use_mirroring = bool(tta)
             self._predictor.tile_step_size = float(tile_step)

@@ -80,6 +80,16 @@ def test_channel_mismatch_names_expected_and_given(model_folder):
         nnunet.predict(model_folder, [pet, ct], [4.0, 0.0, 4.0])
 
 
+def test_empty_or_constant_image_is_refused(model_folder):
+    pet, ct, _ = _study()
+    for blank in (np.zeros_like(pet), np.full_like(pet, 2.5)):       # empty, constant PET
+        with pytest.raises(InputError) as exc:
+            nnunet.predict(model_folder, [blank, ct], data.SPACING, tta=False)
+        assert exc.value.reason == "CONSTANT_IMAGE" and "'PET'" in exc.value.message
+    ct_flat = np.full_like(ct, 40)                                       # CT inside soft tissue: fine
+    assert nnunet.predict(model_folder, [pet, ct_flat], data.SPACING, tta=False).shape == pet.shape
+
+
 def test_incomplete_folders(model_folder, tmp_path):
     with pytest.raises(SegmentationError) as exc:
         nnunet.get_model(tmp_path / "nope")
