@@ -46,6 +46,7 @@ def quantify_stage(ctx: StageContext) -> StageOutput:
                              bone=bone, liver=liver, sul_per_suvbw=factor, origin=origin)
         studies[src] = q.study
         lesion_rows[src] = q.lesions
+        del q  # its label map (4 bytes per voxel) would otherwise live on through the next source's labelling
     summary: dict[str, Any] = {"sources": studies, "lesions": lesion_rows}
     if factor is None:
         summary["sul_reason"] = ctx.attrs.get("sul_reason") or "SUL_UNAVAILABLE"

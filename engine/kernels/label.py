@@ -57,7 +57,10 @@ def label(mask: Any, *, connectivity: int = 26) -> tuple[Any, int]:
 
         fg = np.ascontiguousarray(mask != 0)
         labels, n = cc3d.connected_components(fg, connectivity=connectivity, return_N=True)
-        return labels.astype(np.int32, copy=False), int(n)
+        del fg
+        if labels.dtype.itemsize == 4 and n < 2**31:  # cc3d's uint32: the same bits as int32, no copy
+            return labels.view(np.int32), int(n)
+        return labels.astype(np.int32), int(n)
     ndi = backend.ndimage(xp)
     # cupyx takes the structuring element as a host array_like
     labels, n = ndi.label(mask != 0, structure=structure(connectivity))

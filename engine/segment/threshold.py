@@ -92,10 +92,15 @@ def relative(pet: Any, fraction: float = 0.41, *, connectivity: int = 26, seed_l
     if n == 0:
         return seeds
     ndi = backend.ndimage(xp)
-    maxima = xp.asarray(ndi.maximum(pet, labels, xp.arange(1, n + 1)), dtype=xp.float64)
-    # Threshold per voxel looked up by its label; label 0 gets +inf (never kept).
-    thresholds = xp.concatenate([xp.asarray([xp.inf]), fraction * maxima])
-    return (pet >= thresholds[labels]).astype(xp.uint8)
+    # Work on the seed voxels only (a few % of a whole-body volume): full-volume label lookups
+    # and float64 thresholds cost ~6x the PET's bytes of worker memory on a whole-body study.
+    where = xp.flatnonzero(labels)
+    lab = labels.ravel()[where]
+    vals = pet.ravel()[where]
+    maxima = xp.asarray(ndi.maximum(vals, lab, xp.arange(1, n + 1)), dtype=xp.float64)
+    out = xp.zeros(pet.shape, dtype=xp.uint8)
+    out.ravel()[where] = vals >= fraction * maxima[lab - 1]
+    return out
 
 
 def percist_level(liver_mean: float, liver_sd: float) -> float:
