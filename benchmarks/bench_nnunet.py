@@ -6,9 +6,11 @@ Run: ``python benchmarks/bench_nnunet.py [--patients 2] [--model FOLDER] [--tile
 Same studies, same model folder and fold, same settings (tile step, no TTA, CPU, all cores) in
 the same run:
 
-* candidate: ``petcohort run --stages segment_bl`` through a Dask cluster of one worker process
-  (one task at a time, torch using every core); the predictor is loaded once per worker and reused,
-  inputs are read from the Zarr store and masks committed back to it;
+* candidate: ``petcohort run --stages segment_bl`` through a local Dask cluster, once with one
+  worker process per core (the engine's default: Dask's nanny sets ``OMP_NUM_THREADS=1``, so each
+  worker's torch uses one thread) and once with a single worker (one study at a time); the
+  predictor is loaded once per worker and reused, inputs are read from the Zarr store and masks
+  committed back to it;
 * baseline: stock ``nnUNetv2_predict_from_modelfolder`` run once per study (a new process that
   imports torch and nnU-Net, loads the weights, predicts, exports the NIfTI), the way a per-study
   shell loop or a workflow manager calls it; the study's NIfTI inputs are written beforehand
@@ -35,7 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models/demo/Dataset501_PetCohortBL/nnUNetTrainer__PetCohortPlans__3d_fullres"
 
 
-def _engine(store_url: str, model: str, tile_step: float) -> float:
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _engine(store_url: str, model: str, tile_step: float, workers: int) -> float:
     from distributed import Client, LocalCluster
 
     from petcohort.pipelines.config import RunConfig
@@ -43,9 +51,11 @@ def _engine(store_url: str, model: str, tile_step: float) -> float:
 
     config = RunConfig(extra={"model_bl": model, "folds": [0], "tta": False, "tile_step": tile_step,
                               "device": "cpu"})
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        client.wait_for_workers(1)
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        client.wait_for_workers(workers)
+        threads = client.run(_torch_threads)
+        print(f"engine, {workers} worker(s): torch threads per worker {sorted(threads.values())}")
         t0 = time.perf_counter()
         summary = run_cohort(store_url, stages=["segment_bl"], config=config, client=client, force=True)
         seconds = time.perf_counter() - t0
@@ -94,14 +104,20 @@ def main() -> None:
         synthesize(store_url, patients=args.patients, sites=2, seed=7, mip_dir=work / "mips")
         store = CohortStore.open(store_url)
         keys = store.study_keys()
-        engine_s = _engine(store_url, args.model, args.tile_step)
+        workers = os.cpu_count() or 1
+        engine_s = _engine(store_url, args.model, args.tile_step, workers)
+        engine1_s = _engine(store_url, args.model, args.tile_step, 1) if workers > 1 else engine_s
         cli_s, outputs = _cli(store, keys, args.model, args.tile_step, work)
         agreement = [dice(store.read_array(k, "seg/nnunet_bl") > 0,
                           sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[k]))) > 0) for k in keys]
         n = len(keys)
-        report("nnunet_cohort_inference", f"engine segment_bl ({n} studies)", engine_s,
+        report("nnunet_cohort_inference_1worker", f"engine segment_bl, 1 worker ({n} studies)", engine1_s,
                f"nnUNetv2_predict per study ({n} calls)", cli_s,
-               extra={"studies": n, "engine_studies_per_min": 60 * n / engine_s,
+               extra={"studies": n, "speedup": cli_s / engine1_s})
+        report("nnunet_cohort_inference", f"engine segment_bl, {workers} workers ({n} studies)", engine_s,
+               f"nnUNetv2_predict per study ({n} calls)", cli_s,
+               extra={"studies": n, "workers": workers, "engine_studies_per_min": 60 * n / engine_s,
+                      "engine_1worker_studies_per_min": 60 * n / engine1_s,
                       "cli_studies_per_min": 60 * n / cli_s, "speedup": cli_s / engine_s,
                       "tile_step": args.tile_step, "tta": False, "model": os.path.relpath(args.model, ROOT),
                       "dice_engine_vs_cli": [None if d is None else round(d, 4) for d in agreement],
