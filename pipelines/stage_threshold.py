@@ -51,12 +51,8 @@ def threshold_stage(ctx: StageContext) -> StageOutput:
     exclude, excluded = _exclusion(ctx)
     voxel_ml = float(np.prod(ctx.spacing)) / 1000.0
     suv25 = threshold.fixed(pet, cfg.threshold_fixed, exclude=exclude)
-    rel = threshold.relative(pet, cfg.threshold_relative, connectivity=cfg.connectivity,
-                             seed_level=cfg.threshold_fixed, exclude=exclude)
-    arrays = {"seg/threshold_suv25": suv25, "seg/threshold_41pct": rel}
-    summary: dict[str, Any] = {"excluded_organs": excluded,
-                               "threshold_suv25": _stats(suv25, voxel_ml),
-                               "threshold_41pct": _stats(rel, voxel_ml)}
+    arrays = {"seg/threshold_suv25": suv25}
+    summary: dict[str, Any] = {"excluded_organs": excluded, "threshold_suv25": _stats(suv25, voxel_ml)}
     factor = ctx.attrs.get("sul_per_suvbw")
     if not ctx.store.has_array(ctx.key, "organs/liver"):
         summary["threshold_percist_reason"] = "NO_LIVER_MASK"
@@ -78,4 +74,11 @@ def threshold_stage(ctx: StageContext) -> StageOutput:
             arrays["seg/threshold_percist"] = percist
             summary["threshold_percist"] = {**_stats(percist, voxel_ml), "level_sul": level,
                                             "reference": ref.to_dict()}
+        del sul, liver, aorta
+    # the 41 % mask last: the SUL copy (4 bytes per voxel) and the labelling's transients are then never
+    # alive together (worker peak memory, benchmarks/bench_scaling.py)
+    rel = threshold.relative(pet, cfg.threshold_relative, connectivity=cfg.connectivity,
+                             seed_level=cfg.threshold_fixed, exclude=exclude)
+    arrays["seg/threshold_41pct"] = rel
+    summary["threshold_41pct"] = _stats(rel, voxel_ml)
     return StageOutput(arrays=arrays, summary=summary)
