@@ -1,6 +1,6 @@
 """Cohort nnU-Net inference throughput: the engine vs ``nnUNetv2_predict`` called once per study.
 
-Run: ``python benchmarks/bench_nnunet.py [--patients 2] [--model FOLDER] [--tile-step 0.5]``
+Run: ``python benchmarks/bench_nnunet.py [--patients 2] [--model FOLDER] [--tile-step 0.5] [--device cuda]``
 (about 3-6 min on 2 CPU cores with the demo U-Net_BL; needs ``scripts/install_seg.sh``).
 
 Same studies, same model folder and fold, same settings (tile step, no TTA, CPU, all cores) in
@@ -43,14 +43,14 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _engine(store_url: str, model: str, tile_step: float, workers: int) -> float:
+def _engine(store_url: str, model: str, tile_step: float, workers: int, device: str) -> float:
     from distributed import Client, LocalCluster
 
     from petcohort.pipelines.config import RunConfig
     from petcohort.pipelines.run import run_cohort
 
     config = RunConfig(extra={"model_bl": model, "folds": [0], "tta": False, "tile_step": tile_step,
-                              "device": "cpu"})
+                              "device": device})
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.wait_for_workers(workers)
@@ -64,7 +64,7 @@ def _engine(store_url: str, model: str, tile_step: float, workers: int) -> float
     return seconds
 
 
-def _cli(store, keys: list[str], model: str, tile_step: float, work: Path) -> tuple[float, dict]:
+def _cli(store, keys: list[str], model: str, tile_step: float, work: Path, device: str) -> tuple[float, dict]:
     from petcohort.storage.nnunet_export import write_case
 
     exe = Path(sys.executable).with_name("nnUNetv2_predict_from_modelfolder")
@@ -78,7 +78,7 @@ def _cli(store, keys: list[str], model: str, tile_step: float, work: Path) -> tu
     for key in keys:
         out = work / "out" / key
         cmd = [str(exe), "-i", str(inputs[key]), "-o", str(out), "-m", model, "-f", "0", "-step_size",
-               str(tile_step), "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"]
+               str(tile_step), "--disable_tta", "-device", device, "-npp", "1", "-nps", "1"]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        env={**os.environ, "nnUNet_compile": "f"})
@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=2)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--tile-step", type=float, default=0.5)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: one engine worker (the GPU) vs the CLI on the GPU")
     args = ap.parse_args()
     import SimpleITK as sitk
 
@@ -104,10 +106,10 @@ def main() -> None:
         synthesize(store_url, patients=args.patients, sites=2, seed=7, mip_dir=work / "mips")
         store = CohortStore.open(store_url)
         keys = store.study_keys()
-        workers = os.cpu_count() or 1
-        engine_s = _engine(store_url, args.model, args.tile_step, workers)
-        engine1_s = _engine(store_url, args.model, args.tile_step, 1) if workers > 1 else engine_s
-        cli_s, outputs = _cli(store, keys, args.model, args.tile_step, work)
+        workers = (os.cpu_count() or 1) if args.device == "cpu" else 1
+        engine_s = _engine(store_url, args.model, args.tile_step, workers, args.device)
+        engine1_s = _engine(store_url, args.model, args.tile_step, 1, args.device) if workers > 1 else engine_s
+        cli_s, outputs = _cli(store, keys, args.model, args.tile_step, work, args.device)
         agreement = [dice(store.read_array(k, "seg/nnunet_bl") > 0,
                           sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[k]))) > 0) for k in keys]
         n = len(keys)
@@ -119,7 +121,7 @@ def main() -> None:
                extra={"studies": n, "workers": workers, "engine_studies_per_min": 60 * n / engine_s,
                       "engine_1worker_studies_per_min": 60 * n / engine1_s,
                       "cli_studies_per_min": 60 * n / cli_s, "speedup": cli_s / engine_s,
-                      "tile_step": args.tile_step, "tta": False, "model": os.path.relpath(args.model, ROOT),
+                      "tile_step": args.tile_step, "tta": False, "device": args.device, "model": os.path.relpath(args.model, ROOT),
                       "dice_engine_vs_cli": [None if d is None else round(d, 4) for d in agreement],
                       "voxels_per_study": [int(np.prod(store.read_array(k, "pet").shape)) for k in keys]})
     finally:

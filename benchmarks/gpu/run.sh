@@ -76,6 +76,14 @@ for b in bench_sulpeak bench_label; do
     step "$b" 50 "$BENCH_LOG" "$PY" "benchmarks/$b.py" --device cuda
 done
 
+# -- nnU-Net on the GPU: engine vs nnUNetv2_predict per study -------------------
+# torch (CUDA) and nnunetv2 are too large to carry (~5.5 GB); run only when the image has them
+if "$PY" -c "import torch, nnunetv2, SimpleITK; assert torch.cuda.is_available()" >>"$BENCH_LOG" 2>&1; then
+    step bench_nnunet 150 "$BENCH_LOG" "$PY" benchmarks/bench_nnunet.py --device cuda --patients 2
+else
+    echo "bench_nnunet skipped: no CUDA torch + nnunetv2 on this image (see bench.log)" | tee -a "$SUMMARY"
+fi
+
 # -- a LocalCUDACluster run: one worker per GPU, GPU stages on resources GPU=1 ---
 cat >/tmp/petcohort-cuda-cluster.yaml <<'EOF'
 kind: local_cuda
