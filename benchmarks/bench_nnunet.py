@@ -44,21 +44,27 @@ def _torch_threads() -> int:
 
 
 def _engine(store_url: str, model: str, tile_step: float, workers: int, device: str) -> float:
-    from distributed import Client, LocalCluster
-
+    from petcohort.engine.cluster import connect
+    from petcohort.engine.cluster_config import parse_cluster_config
     from petcohort.pipelines.config import RunConfig
     from petcohort.pipelines.run import run_cohort
 
     config = RunConfig(extra={"model_bl": model, "folds": [0], "tta": False, "tile_step": tile_step,
                               "device": device})
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    # the engine's own local cluster (engine.cluster.connect), as `petcohort run` starts it
+    cluster = parse_cluster_config({"kind": "local", "n_workers": workers, "threads_per_worker": 1,
+                                    "dashboard_address": None}, source="bench_nnunet")
+    session = connect(cluster)
+    try:
+        client = session.client
         client.wait_for_workers(workers)
         threads = client.run(_torch_threads)
         print(f"engine, {workers} worker(s): torch threads per worker {sorted(threads.values())}")
         t0 = time.perf_counter()
         summary = run_cohort(store_url, stages=["segment_bl"], config=config, client=client, force=True)
         seconds = time.perf_counter() - t0
+    finally:
+        session.close()
     if summary.failed:
         raise SystemExit(f"engine run failed: {summary.failed}")
     return seconds

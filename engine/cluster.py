@@ -81,6 +81,21 @@ def _loopback_http(kw: dict[str, Any]) -> None:
         kw["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"}
 
 
+def _worker_environ(config: ClusterConfig) -> dict[str, Any]:
+    """Dask config for the local kinds' worker processes, set before they are spawned.
+
+    ``MALLOC_ARENA_MAX=1`` when each worker has one compute thread: Dask runs tasks in a
+    non-main thread, whose glibc arena made CPU nnU-Net inference ~1.4x slower than the
+    same call on the main thread (benchmarks/bench_nnunet.py, 1 worker: 79 -> 55 s for 6
+    studies); one compute thread has nobody to contend with for a single arena. The nanny
+    keeps these for the workers it restarts.
+    """
+    if config.kind in ("local", "local_cuda") and config.spec.threads_per_worker == 1 and \
+            getattr(config.spec, "processes", True):
+        return {"distributed.nanny.pre-spawn-environ.MALLOC_ARENA_MAX": 1}
+    return {}
+
+
 def cluster_kwargs(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
     """The cluster class (``module:Name``) and keyword arguments ``config`` maps to.
 
@@ -210,7 +225,10 @@ def connect(config: ClusterConfig) -> ClusterSession:
                                      "(cupy and nvidia-smi see none); use kind 'local'")
     target, kwargs = cluster_kwargs(config)
     cls = _import_cluster_class(config.kind, target)
-    cluster = cls(**kwargs)
+    import dask  # noqa: PLC0415
+
+    with dask.config.set(_worker_environ(config)):
+        cluster = cls(**kwargs)
     adapt = dict(getattr(config.spec, "adapt", ()))
     if config.kind in ("slurm", "pbs", "kubernetes"):
         if adapt:

@@ -163,3 +163,17 @@ def test_local_threads_cluster_connects():
         workers = session.client.scheduler_info()["workers"].values()
         assert [w["resources"] for w in workers] == [{"GPU": 1}]
     assert session.client.status == "closed"
+
+
+def test_single_thread_local_workers_get_one_malloc_arena():
+    import os
+
+    one = cl.parse_cluster_config({"kind": "local", "n_workers": 1, "threads_per_worker": 1,
+                                   "dashboard_address": None})
+    assert cl._worker_environ(one) == {"distributed.nanny.pre-spawn-environ.MALLOC_ARENA_MAX": 1}
+    assert cl._worker_environ(cl.parse_cluster_config({"kind": "local", "threads_per_worker": 2})) == {}
+    assert cl._worker_environ(cl.parse_cluster_config({"kind": "local", "processes": False})) == {}
+    assert cl._worker_environ(cl.parse_cluster_config({"kind": "existing", "address": "tcp://127.0.0.1:1"})) == {}
+    with cl.connect(one) as session:                       # a real worker process sees it at start-up
+        env = session.client.run(lambda: os.environ.get("MALLOC_ARENA_MAX"))
+    assert list(env.values()) == ["1"]
