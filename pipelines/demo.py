@@ -9,6 +9,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from petcohort.engine.errors import InputError
 
@@ -17,7 +18,7 @@ __all__ = ["demo_models", "run_demo"]
 log = logging.getLogger(__name__)
 
 
-def demo_models(models: Path | str | None) -> dict[str, str]:
+def demo_models(models: Path | str | None) -> dict[str, Any]:
     """The demo's nnU-Net options (``RunConfig.extra``) for the model folders under ``models``.
 
     ``models`` holds ``Dataset501_*/<trainer>__<plans>__3d_fullres`` (U-Net_BL) and

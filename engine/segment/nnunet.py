@@ -82,7 +82,7 @@ def _tune_malloc() -> None:
     so every large torch buffer (im2col columns, tile logits) is mmapped, page-faulted
     and unmapped again on each of thousands of convolutions. Measured on this project's
     2-core VM, U-Net_BL on a demo study in a worker environment: 8-10 s per study with a
-    third of it kernel time, 5-6 s after this call. Only processes that load an nnU-Net
+    third of it kernel time, 3.9-4.8 s after this call. Only processes that load an nnU-Net
     model are affected; ``PETCOHORT_MALLOC_TUNE=0`` turns it off.
     """
     global _MALLOC_TUNED
