@@ -62,11 +62,13 @@ def bench_tiny(ctx: StageContext) -> StageOutput:
 
 
 def _cluster(n: int):
-    from distributed import Client, LocalCluster
+    """The engine's own local cluster (``engine.cluster.connect``), as ``petcohort run`` starts it."""
+    from petcohort.engine.cluster import connect
+    from petcohort.engine.cluster_config import parse_cluster_config
 
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, memory_limit=None)
-    return cluster, Client(cluster, set_as_default=False)
+    return connect(parse_cluster_config({"kind": "local", "n_workers": n, "threads_per_worker": 1,
+                                         "memory_limit": None, "dashboard_address": None},
+                                        source="bench_scaling"))
 
 
 def _rss() -> dict:
@@ -115,7 +117,8 @@ def strong_scaling(tmp: Path, patients: int, fov_scale: float) -> None:
     study_bytes = sizes[key]
     times, mem, busy = {}, {}, {}
     for n in (1, 2):
-        cluster, client = _cluster(n)
+        session = _cluster(n)
+        client = session.client
         try:
             _warm(client, names)
             run_cohort(url, stages=names, client=client)  # untimed: fills caches, first commits
@@ -133,8 +136,7 @@ def strong_scaling(tmp: Path, patients: int, fov_scale: float) -> None:
             if s.failed:
                 print(f"note: {len(s.failed)} study-stages failed: {sorted(set(r for *_, r in s.failed))}")
         finally:
-            client.close()
-            cluster.close()
+            session.close()
     t1, t2 = times[1], times[2]
     report("scaling_strong_1v2_workers", "2 workers", t2, "1 worker", t1,
            {"efficiency": t1 / (2 * t2), "work": work, "stages": names, "studies": len(store.study_keys()),
@@ -155,7 +157,8 @@ def strong_scaling(tmp: Path, patients: int, fov_scale: float) -> None:
 
 def per_study_costs(tmp: Path, sizes: list[int]) -> None:
     register_stage("bench_tiny")(bench_tiny)
-    cluster, client = _cluster(2)
+    session = _cluster(2)
+    client = session.client
     costs: dict[int, dict[str, float]] = {}
     try:
         for n in sizes:
@@ -187,8 +190,7 @@ def per_study_costs(tmp: Path, sizes: list[int]) -> None:
                   f"run {costs[n]['run'] * 1e3:.2f} ms")
             shutil.rmtree(url, ignore_errors=True)
     finally:
-        client.close()
-        cluster.close()
+        session.close()
     lo, hi = min(sizes), max(sizes)
     for what in ("store", "plan", "manifest", "run"):
         report(f"scaling_per_study_{what}", f"{hi} studies (s/study)", costs[hi][what],
