@@ -28,7 +28,7 @@ from petcohort.engine import backend
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import (check_3d, check_connectivity, check_finite, check_positive,
                                                  check_same_grid, check_spacing)
-from petcohort.engine.kernels.label import label
+from petcohort.engine.kernels.label import lesion_labels
 from petcohort.engine.kernels.sulpeak import DEFAULT_RADIUS_MM, kernel_size, lesion_peaks_unchecked
 
 __all__ = ["Quantification", "quantify", "STUDY_KEYS", "LESION_KEYS"]
@@ -97,7 +97,8 @@ def _dmax(centroids: np.ndarray) -> float:
 
 def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: int = 26,
              radius_mm: float = DEFAULT_RADIUS_MM, bone: Any = None, liver: Any = None,
-             sul_per_suvbw: float | None = None, origin: Sequence[float] | None = None) -> Quantification:
+             sul_per_suvbw: float | None = None, origin: Sequence[float] | None = None,
+             instances: Any = None) -> Quantification:
     """Biomarkers of every lesion of ``mask`` on ``image``, and of the study.
 
     Parameters
@@ -116,6 +117,11 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
     origin : (oz, oy, ox) mm or None
         Position of voxel (0, 0, 0); centroids are ``origin + index * spacing``
         (``index * spacing`` when None).
+    instances : (Z, Y, X) integer ndarray or None
+        Instance ids (DICOM SEG segments, RTSTRUCT ROIs, label-map values)
+        whose union is ``mask``: lesions are then the instances, each split
+        into its connected parts (:func:`~petcohort.engine.kernels.label.lesion_labels`),
+        and every lesion dict carries its ``segment`` (instance id).
 
     Returns
     -------
@@ -124,11 +130,17 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
     Raises
     ------
     GridError ``GRID_MISMATCH``; InputError ``IMAGE_NOT_FINITE``, ``BAD_SPACING``,
-    ``BAD_CONNECTIVITY``, ``BAD_VALUE``.
+    ``BAD_CONNECTIVITY``, ``BAD_VALUE``, ``INSTANCES_MISMATCH``.
     """
     check_3d(image, "image")
     check_3d(mask, "mask")
     check_same_grid(image, mask, names=("image", "mask"))
+    if instances is not None:
+        check_3d(instances, "instances")
+        check_same_grid(image, instances, names=("image", "instances"))
+        xp = backend.get_namespace(mask, instances)
+        if bool(xp.any((mask != 0) != (instances != 0))):
+            raise InputError("INSTANCES_MISMATCH", "the instance map's foreground differs from the lesion mask")
     for name, organ in (("bone", bone), ("liver", liver)):
         if organ is not None:
             check_3d(organ, name)
@@ -143,7 +155,7 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
         raise InputError("BAD_ORIGIN", f"origin must be three finite numbers (mm, z/y/x), got {origin!r}")
     check_finite(image, "image")
 
-    labels, n = label(mask, connectivity=connectivity)
+    labels, n, parents = lesion_labels(mask, instances, connectivity=connectivity)
     # Peaks run where the arrays live (GPU RawKernel for cupy input); the
     # per-lesion statistics below are cheap box reductions done on the host.
     peaks = lesion_peaks_unchecked(image, labels, n, spacing=sp, radius_mm=radius_mm)
@@ -190,6 +202,8 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
         }
         if sul_per_suvbw is None:
             lesion["sulpeak_reason"] = "SUL_UNAVAILABLE"
+        if parents is not None:
+            lesion["segment"] = int(parents[lab - 1])
         lesions.append(lesion)
         centroids.append(centroid)
         total_sum += vsum

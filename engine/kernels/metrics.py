@@ -27,9 +27,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from petcohort.engine import backend
+from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import (check_3d, check_connectivity, check_fraction, check_same_grid,
                                                  check_spacing)
-from petcohort.engine.kernels.label import label
+from petcohort.engine.kernels.label import lesion_labels
 
 __all__ = ["DiceParts", "Detection", "dice", "dice_parts", "global_dice", "detection", "evaluate"]
 
@@ -115,9 +116,10 @@ def _overlaps(labels: np.ndarray, n: int, other: np.ndarray) -> tuple[np.ndarray
     return size, inside
 
 
-def _detect(t: np.ndarray, p: np.ndarray, connectivity: int, overlap: float) -> Detection:
-    t_lab, nt = label(t, connectivity=connectivity)
-    p_lab, np_ = label(p, connectivity=connectivity)
+def _detect(t: np.ndarray, p: np.ndarray, connectivity: int, overlap: float, t_inst: Any = None,
+            p_inst: Any = None) -> Detection:
+    t_lab, nt, _ = lesion_labels(t, _host(t_inst, t), connectivity=connectivity)
+    p_lab, np_, _ = lesion_labels(p, _host(p_inst, p), connectivity=connectivity)
     t_size, t_in = _overlaps(t_lab, nt, p)
     p_size, p_in = _overlaps(p_lab, np_, t)
     # Compare the correctly rounded fraction with ``overlap``: 3 / 10 == 0.3
@@ -130,7 +132,19 @@ def _detect(t: np.ndarray, p: np.ndarray, connectivity: int, overlap: float) -> 
                      fn_component_voxels=int(t_size[t_in == 0].sum()))
 
 
-def detection(truth: Any, pred: Any, *, connectivity: int = 26, overlap: float = 0.5) -> Detection:
+def _host(instances: Any, mask: np.ndarray) -> np.ndarray | None:
+    """An instance map on the host, checked against its mask (same grid, same foreground)."""
+    if instances is None:
+        return None
+    check_3d(instances, "instances")
+    inst = backend.to_numpy(instances)
+    if inst.shape != mask.shape or not np.array_equal(inst != 0, mask):
+        raise InputError("INSTANCES_MISMATCH", "an instance map's foreground differs from its lesion mask")
+    return inst
+
+
+def detection(truth: Any, pred: Any, *, connectivity: int = 26, overlap: float = 0.5,
+              truth_instances: Any = None, pred_instances: Any = None) -> Detection:
     """Lesion detection counts (TP/FN over GT lesions, TP_pred/FP over predicted lesions).
 
     Parameters
@@ -140,13 +154,17 @@ def detection(truth: Any, pred: Any, *, connectivity: int = 26, overlap: float =
         Defines lesions in both masks.
     overlap : float in (0, 1]
         Minimal overlapping fraction of a lesion's voxels (``>=``).
+    truth_instances, pred_instances : integer ndarray, optional
+        Instance maps of the masks: lesions are then the instances (split
+        into connected parts), as :func:`~petcohort.engine.kernels.label.lesion_labels`.
     """
     t, p = _pair(truth, pred)
-    return _detect(t, p, check_connectivity(connectivity), check_fraction(overlap, "overlap"))
+    return _detect(t, p, check_connectivity(connectivity), check_fraction(overlap, "overlap"), truth_instances,
+                   pred_instances)
 
 
 def evaluate(truth: Any, pred: Any, *, spacing: Sequence[float], connectivity: int = 26,
-             overlap: float = 0.5) -> dict[str, Any]:
+             overlap: float = 0.5, truth_instances: Any = None, pred_instances: Any = None) -> dict[str, Any]:
     """All per-study evaluation values as one JSON-ready dict.
 
     Returns
@@ -165,7 +183,7 @@ def evaluate(truth: Any, pred: Any, *, spacing: Sequence[float], connectivity: i
     t, p = _pair(truth, pred)
     voxel_ml = math.prod(sp) / 1000.0
     parts = DiceParts(int(np.count_nonzero(t & p)), int(np.count_nonzero(t)), int(np.count_nonzero(p)))
-    det = _detect(t, p, connectivity, overlap)
+    det = _detect(t, p, connectivity, overlap, truth_instances, pred_instances)
     out: dict[str, Any] = {
         "dice": parts.dice, "intersect": parts.intersect, "truth_voxels": parts.truth,
         "pred_voxels": parts.pred, "truth_ml": parts.truth * voxel_ml, "pred_ml": parts.pred * voxel_ml,
