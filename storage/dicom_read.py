@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 
 from petcohort.engine.errors import DicomError
 
-__all__ = ["SeriesInfo", "Volume", "scan_dicom_tree", "read_series", "read_single_series", "slice_geometry"]
+__all__ = ["SeriesInfo", "Volume", "Archive", "scan_dicom_archive", "scan_dicom_tree", "read_series", "read_single_series", "slice_geometry"]
 
 log = logging.getLogger(__name__)
 _AXIS_TOL = 1e-4          # direction cosines this close to 0/1 count as axis-aligned
@@ -68,20 +68,68 @@ class Volume:
     headers: tuple[Dataset, ...]
 
 
-def scan_dicom_tree(root: str | os.PathLike) -> list[SeriesInfo]:
-    """Every DICOM series under ``root``, sorted by (study, modality, series) UID.
+@dataclass(frozen=True)
+class Archive:
+    """What a DICOM tree holds, headers only.
 
-    Files that are not DICOM (no preamble/meta and no parsable dataset) are skipped.
+    Attributes
+    ----------
+    series : list of SeriesInfo
+        Image series, sorted by (study, modality, series) UID.
+    objects : list of (path, Dataset)
+        Non-image objects that may carry masks (DICOM SEG, RTSTRUCT), in path order.
+    unreadable : int
+        Files that look like DICOM (``DICM`` preamble) but cannot be parsed. Counted, never named: a
+        path may hold a patient's name.
+    """
+
+    series: list[SeriesInfo]
+    objects: list[tuple[str, Dataset]]
+    unreadable: int
+
+
+_MASK_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4",   # Segmentation Storage (PS3.4 B.5)
+                     "1.2.840.10008.5.1.4.1.1.481.3")  # RT Structure Set Storage
+
+
+def _looks_like_dicom(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def scan_dicom_archive(root: str | os.PathLike) -> Archive:
+    """Every image series and mask object under ``root`` (headers only).
+
+    Files that are not DICOM are skipped; files with a DICOM preamble that
+    fail to parse are counted in ``unreadable``.
     """
     groups: dict[tuple[str, str, str], list[tuple[str, Dataset]]] = {}
+    objects: list[tuple[str, Dataset]] = []
+    unreadable = 0
     for dirpath, _dirs, names in sorted(os.walk(root)):
         for name in sorted(names):
             path = os.path.join(dirpath, name)
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except (InvalidDicomError, OSError, EOFError):
+                sop_class = str(ds.get("SOPClassUID", ""))
+                is_mask = sop_class in _MASK_SOP_CLASSES or str(ds.get("Modality", "")) in ("SEG", "RTSTRUCT")
+                is_image = "SeriesInstanceUID" in ds and ("PixelSpacing" in ds or "Rows" in ds)
+            except (InvalidDicomError, EOFError):
+                unreadable += _looks_like_dicom(path)
                 continue
-            if "SeriesInstanceUID" not in ds or "PixelSpacing" not in ds and "Rows" not in ds:
+            except OSError:
+                continue
+            except Exception:  # noqa: BLE001 - pydicom raises many types for malformed elements
+                unreadable += 1
+                continue
+            if is_mask:
+                objects.append((path, ds))
+                continue
+            if not is_image:
                 continue  # DICOMDIR, presentation states, structured reports: not images
             key = (str(ds.get("StudyInstanceUID", "")), str(ds.SeriesInstanceUID), str(ds.get("Modality", "")))
             groups.setdefault(key, []).append((path, ds))
@@ -90,8 +138,14 @@ def scan_dicom_tree(root: str | os.PathLike) -> list[SeriesInfo]:
         out.append(SeriesInfo(study_uid=study, series_uid=series, modality=modality,
                               patient_id=str(items[0][1].get("PatientID", "")),
                               files=tuple(p for p, _ in items), headers=tuple(d for _, d in items)))
-    log.debug("found %d DICOM series (%s)", len(out), ", ".join(s.modality for s in out))
-    return out
+    log.debug("found %d DICOM series (%s), %d mask objects, %d unreadable files", len(out),
+              ", ".join(s.modality for s in out), len(objects), unreadable)
+    return Archive(series=out, objects=objects, unreadable=unreadable)
+
+
+def scan_dicom_tree(root: str | os.PathLike) -> list[SeriesInfo]:
+    """Every DICOM image series under ``root``, sorted by (study, modality, series) UID."""
+    return scan_dicom_archive(root).series
 
 
 def read_single_series(folder: str | os.PathLike, *, modality: str | None = None) -> tuple[SeriesInfo, Volume]:

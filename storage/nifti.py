@@ -104,6 +104,9 @@ class NiftiStudy:
     pet : (Z, Y, X) float32, SUVbw
     ct : (Z, Y, X) int16, HU on the PET grid
     seg : (Z, Y, X) uint8 or None
+    seg_instances : (Z, Y, X) uint16 or None
+        The label map itself when ``SEG.nii.gz`` holds more than one lesion
+        label (each label one lesion); None for a binary mask.
     meta : dict
         The ``study.json`` sidecar (empty for plain autoPET folders, plus
         ``patient_id``/``study_date`` derived from the folder names).
@@ -115,6 +118,7 @@ class NiftiStudy:
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
     meta: dict[str, Any] = field(default_factory=dict)
+    seg_instances: np.ndarray | None = None
 
 
 def is_autopet_folder(folder: str | os.PathLike) -> bool:
@@ -187,10 +191,11 @@ def read_study_folder(folder: str | os.PathLike) -> NiftiStudy:
     pet, spacing, origin = read_nifti(folder / PET_FILE)
     ct, ct_spacing, ct_origin = read_nifti(folder / CT_FILE)
     grids = [(ct.shape, ct_spacing, ct_origin)]
-    seg = None
+    seg = instances = None
     if (folder / SEG_FILE).is_file():
         seg_arr, seg_spacing, seg_origin = read_nifti(folder / SEG_FILE)
         seg = (seg_arr > 0).astype(np.uint8)
+        instances = _instances(seg_arr)
         grids.append((seg.shape, seg_spacing, seg_origin))
     for shape, sp, org in grids:
         if shape != pet.shape or not np.allclose(sp, spacing, atol=1e-3) or not np.allclose(org, origin, atol=1e-2):
@@ -199,4 +204,20 @@ def read_study_folder(folder: str | os.PathLike) -> NiftiStudy:
     meta = read_sidecar(folder)
     ct_hu = np.clip(np.rint(ct), -32768, 32767).astype(np.int16) if ct.dtype != np.int16 else ct
     return NiftiStudy(pet=pet.astype(np.float32, copy=False), ct=ct_hu, seg=seg, spacing=spacing,
-                      origin=origin, meta=meta)
+                      origin=origin, meta=meta, seg_instances=instances)
+
+
+def _instances(labels: np.ndarray) -> np.ndarray | None:
+    """A label map's lesion ids as uint16 (None when binary: lesions are then its components)."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.array_equal(labels, np.rint(labels)):
+            raise InputError("NIFTI_BAD_LABELS", f"{SEG_FILE} holds non-integer values; a mask must be 0/1 or "
+                             "integer lesion labels")
+    values = np.unique(labels)
+    values = values[values != 0]
+    if values.size <= 1:
+        return None
+    if values.min() < 0 or values.max() > np.iinfo(np.uint16).max:
+        raise InputError("NIFTI_BAD_LABELS", f"{SEG_FILE} lesion labels must be 1..65535, got "
+                         f"{values.min()}..{values.max()}")
+    return np.rint(labels).astype(np.uint16)
