@@ -2,9 +2,10 @@
 
 Store layout (relative to the store root)::
 
-    zarr.json                               root group: petcohort_format, kind
-    pseudonym.key                           32 random bytes (absent when the
-                                            secret comes from the environment)
+    zarr.json                               root group: petcohort_format, kind,
+                                            pseudonym_key_fingerprint
+    pseudonym.key                           legacy stores only: the embedded key
+                                            (moved out by `petcohort key export`)
     lock.json                               writer lock (storage/lock.py)
     studies/<key>/zarr.json                 study group; attrs = study attrs
     studies/<key>/<name>/...                arrays: pet, ct, seg/manual, ...

@@ -4,8 +4,15 @@ Layout, chunking, codec and the commit protocol are documented in
 :mod:`petcohort.storage._commit`; byte access per backend (local folder,
 ``memory://NAME``, fsspec URLs such as ``s3://bucket/prefix``) in
 :mod:`petcohort.storage._backends`; the writer lock in
-:mod:`petcohort.storage.lock`; keys and pseudonyms in
+:mod:`petcohort.storage.lock`; keys, pseudonyms and the pseudonym key in
 :mod:`petcohort.storage.keys`.
+
+The pseudonym key lives outside the store; the root attributes keep only
+its fingerprint (``pseudonym_key_fingerprint``), so a store refuses another
+key (``PSEUDONYM_KEY_MISMATCH``) before pseudonymising anything. Stores made
+before that keep their key in ``pseudonym.key`` at the root: they still
+work, warn on every open, and :meth:`CohortStore.export_pseudonym_key`
+(``petcohort key export``) moves the key out.
 
 Examples
 --------
@@ -15,19 +22,22 @@ Examples
 """
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
-import secrets
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from petcohort.engine.errors import StoreError
+from petcohort.engine.errors import ConfigError, StoreError
 from petcohort.storage import _commit
 from petcohort.storage._backends import Backend, open_backend, zarr_group
+from petcohort.storage.keys import (ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE, PseudonymKey, fingerprint_matches,
+                                    key_fingerprint, read_key_file, resolve_key, settings, validate_key,
+                                    validate_name, write_key_file)
 from petcohort.storage.keys import pseudonym as _pseudonym
-from petcohort.storage.keys import settings, validate_key, validate_name
 from petcohort.storage.lock import LOCK_KEY, StoreLock
 
 if TYPE_CHECKING:
@@ -37,7 +47,8 @@ __all__ = ["FORMAT_VERSION", "STORE_KIND", "CohortStore"]
 
 FORMAT_VERSION: int = 1
 STORE_KIND = "petcohort-cohort-store"
-SECRET_KEY = "pseudonym.key"
+SECRET_KEY = "pseudonym.key"          # legacy stores only: the key embedded in the store
+FINGERPRINT_ATTR = "pseudonym_key_fingerprint"
 log = logging.getLogger(__name__)
 
 _RECORD_DEFAULTS: dict[str, Any] = {
@@ -79,6 +90,13 @@ def _check_format(meta: dict[str, Any] | None, url: str) -> None:
                                                f"petcohort reads <= {FORMAT_VERSION}: upgrade petcohort")
 
 
+def _set_root_attrs(backend: Backend, attrs: dict[str, Any]) -> None:
+    """Add ``attrs`` to the root group attributes (one atomic PUT of zarr.json)."""
+    meta = _root_meta(backend) or {}
+    meta["attributes"] = {**(meta.get("attributes") or {}), **attrs}
+    backend.put("zarr.json", _json_bytes(meta, "root metadata"))
+
+
 def _reopen(url: str, mode: str, storage_options: dict[str, Any] | None) -> "CohortStore":
     return CohortStore._open_quietly(url, mode, storage_options)
 
@@ -94,10 +112,13 @@ class CohortStore:
         ``"r"`` (read-only) or ``"r+"``.
     """
 
-    def __init__(self, backend: Backend, mode: str, secret: bytes | None) -> None:
+    def __init__(self, backend: Backend, mode: str, embedded: bytes | None = None,
+                 fingerprint: dict | None = None) -> None:
         self._backend = backend
         self.mode = mode
-        self._secret = secret
+        self._embedded = embedded          # legacy stores: the key in SECRET_KEY
+        self._fingerprint = fingerprint    # root attribute FINGERPRINT_ATTR, or None
+        self._key: PseudonymKey | None = None   # resolved and checked on first use
 
     @property
     def url(self) -> str:
@@ -108,20 +129,27 @@ class CohortStore:
 
     def __reduce__(self):
         # Dask ships stores to workers by pickling: reopen by URL there (the
-        # secret is not pickled, and memory:// stores stay shared in-process).
+        # key is not pickled, and memory:// stores stay shared in-process).
         return (_reopen, (self.url, self.mode, self._backend.storage_options))
 
     # -- opening ------------------------------------------------------------
     @classmethod
     def create(cls, url: str | os.PathLike, *, exist_ok: bool = False,
                storage_options: dict[str, Any] | None = None) -> "CohortStore":
-        """Create an empty store (root group, format attrs, pseudonym secret).
+        """Create an empty store (root group, format attrs, fingerprint of the pseudonym key).
+
+        The key comes from :func:`petcohort.storage.keys.resolve_key`; the
+        default key file is created when no key is configured.
 
         Raises
         ------
         StoreError
             ``STORE_EXISTS`` when a store is there and not ``exist_ok``;
             ``NOT_A_STORE`` when the location holds something else.
+        ConfigError
+            Pseudonym key problems (``PSEUDONYM_KEY_PERMISSIONS``,
+            ``PSEUDONYM_KEY_SHORT``, ...); nothing is written but an empty
+            folder.
         """
         try:
             backend = open_backend(url, read_only=False, create=True, storage_options=storage_options)
@@ -137,15 +165,17 @@ class CohortStore:
         if backend.list_dir(""):
             raise StoreError("NOT_A_STORE", f"{backend.url!r} is not empty and not a cohort store; "
                                             "choose an empty or new location")
-        if settings().pseudonym_key is None:
-            backend.put_if_absent(SECRET_KEY, secrets.token_bytes(32))
+        key = resolve_key(create=True)
         # The root group metadata (Zarr v3 spec, "group metadata") is written
         # last and in one PUT: a half-created store is "not a store".
         root = {"zarr_format": 3, "node_type": "group",
-                "attributes": {"petcohort_format": FORMAT_VERSION, "kind": STORE_KIND}}
+                "attributes": {"petcohort_format": FORMAT_VERSION, "kind": STORE_KIND,
+                               FINGERPRINT_ATTR: key_fingerprint(key.secret)}}
         backend.put("zarr.json", _json_bytes(root, "root metadata"))
         log.info("created cohort store %s", backend.url)
-        return cls.open(url, mode="r+", storage_options=storage_options)
+        store = cls.open(url, mode="r+", storage_options=storage_options)
+        store._key = key   # checked by construction: no second read of the key
+        return store
 
     @classmethod
     def open(cls, url: str | os.PathLike, *, mode: str = "r+",
@@ -159,6 +189,10 @@ class CohortStore:
             ``BAD_MODE``, ``STORE_UNREACHABLE``.
         """
         store = cls._open_quietly(url, mode, storage_options)
+        if store._embedded is not None:
+            log.warning("store %s keeps its pseudonym key inside (%s): whoever holds a copy can test patient IDs "
+                        "against it; move it out with `petcohort key export --store %s`",
+                        store.url, SECRET_KEY, store.url)
         # With no writer run active nothing can be staging, so leftovers are
         # from a killed process. Workers of a locked run skip this.
         if mode == "r+" and store._backend.get(LOCK_KEY) is None:
@@ -177,8 +211,8 @@ class CohortStore:
         except OSError as exc:  # unreachable endpoint, permissions, ...
             raise StoreError("STORE_UNREACHABLE", f"cannot read store {os.fspath(url)!r}: {exc}") from exc
         _check_format(meta, backend.url)
-        secret = settings().pseudonym_key or backend.get(SECRET_KEY)
-        return cls(backend, mode, secret)
+        fingerprint = ((meta or {}).get("attributes") or {}).get(FINGERPRINT_ATTR)
+        return cls(backend, mode, backend.get(SECRET_KEY), fingerprint)
 
     # -- helpers ------------------------------------------------------------
     def _writable(self, action: str) -> None:
@@ -200,11 +234,113 @@ class CohortStore:
                 self._backend.delete(k)
 
     def pseudonym(self, identifier: str, prefix: str = "P") -> str:
-        """Pseudonym of a raw identifier under this store's secret (see keys.pseudonym)."""
-        if self._secret is None:
-            raise StoreError("NO_PSEUDONYM_KEY", f"store {self.url!r} has no {SECRET_KEY} and "
-                                                 "PETCOHORT_PSEUDONYM_KEY is not set")
-        return _pseudonym(identifier, self._secret, prefix)
+        """Pseudonym of a raw identifier under this store's key (see keys.pseudonym).
+
+        The first call resolves the key and checks it (:meth:`check_pseudonym_key`).
+        """
+        return _pseudonym(identifier, self._checked_key().secret, prefix)
+
+    def check_pseudonym_key(self) -> str:
+        """Resolve the pseudonym key, check it against the store's fingerprint; return where it came from.
+
+        Stores with an embedded key (legacy) use it. Stores with neither an
+        embedded key nor a fingerprint (made with ``PETCOHORT_PSEUDONYM_KEY``
+        before fingerprints existed) record the fingerprint of the key now
+        (mode ``r+``). Only pseudonymising needs the key: workers of a run
+        never resolve it.
+
+        Raises
+        ------
+        StoreError
+            ``PSEUDONYM_KEY_MISMATCH`` (nothing is written),
+            ``NO_PSEUDONYM_KEY`` when no key is configured.
+        ConfigError
+            Key file problems (``PSEUDONYM_KEY_PERMISSIONS``, ...).
+        """
+        return self._checked_key().source
+
+    def _checked_key(self) -> PseudonymKey:
+        if self._key is not None:
+            return self._key
+        if self._embedded is not None:
+            key = PseudonymKey(bytes(self._embedded), f"the key embedded in the store ({SECRET_KEY})")
+        else:
+            key = resolve_key(create=False)
+            if key is None:
+                raise StoreError("NO_PSEUDONYM_KEY", f"store {self.url!r} needs its pseudonym key and none is "
+                                                     f"configured: set {ENV_PSEUDONYM_KEY_FILE} to its key file "
+                                                     f"or {ENV_PSEUDONYM_KEY} to its text")
+        if self._fingerprint is None:
+            if self._embedded is None and self.mode == "r+":
+                self._fingerprint = key_fingerprint(key.secret)
+                _set_root_attrs(self._backend, {FINGERPRINT_ATTR: self._fingerprint})
+                log.info("store %s now records the fingerprint of its pseudonym key", self.url)
+        elif not fingerprint_matches(key.secret, self._fingerprint):
+            raise StoreError("PSEUDONYM_KEY_MISMATCH",
+                             f"store {self.url!r} was made with another pseudonym key than the one from {key.source}; "
+                             "nothing was written. Use the store's own key (set "
+                             f"{ENV_PSEUDONYM_KEY_FILE} to its key file or {ENV_PSEUDONYM_KEY} to its text), "
+                             "or put these studies in a new store")
+        self._key = key
+        return key
+
+    def export_pseudonym_key(self, to: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Move a legacy store's embedded key into a key file and keep only its fingerprint.
+
+        Steps, each safe to repeat after a crash: write the key file (0600,
+        never overwriting another key), read it back and compare, record the
+        fingerprint in the root attributes, and only then delete
+        ``pseudonym.key`` from the store. Runs under the writer lock.
+
+        Parameters
+        ----------
+        to : path, optional
+            Key file to write; the default key file when None.
+
+        Returns
+        -------
+        dict
+            ``key_file`` (str), ``created`` (False when the file already held
+            this key) and ``in_use`` (whether the configured key is now this
+            one, so the store opens without further setting).
+
+        Raises
+        ------
+        StoreError
+            ``NO_EMBEDDED_KEY`` when the store holds no key;
+            ``STORE_READ_ONLY``, ``STORE_LOCKED``.
+        ConfigError
+            ``PSEUDONYM_KEY_FILE_EXISTS`` when the file holds another key.
+        """
+        self._writable("export the pseudonym key")
+        embedded = self._backend.get(SECRET_KEY)
+        if embedded is None:
+            raise StoreError("NO_EMBEDDED_KEY", f"store {self.url!r} holds no {SECRET_KEY}: its pseudonym key "
+                                                "is already outside the store")
+        target = Path(os.path.expanduser(os.fspath(to))) if to is not None else settings().default_file
+        if target is None:
+            raise ConfigError("NO_PSEUDONYM_KEY", "no default key file location (HOME is unset): pass --to FILE")
+        with self.lock("pseudonym key export"):
+            created = write_key_file(target, embedded)
+            if not hmac.compare_digest(read_key_file(target), embedded):   # verify before deleting anything
+                raise StoreError("PSEUDONYM_KEY_MISMATCH", f"{str(target)!r} does not read back as the store's "
+                                                           "key; the store was not changed")
+            if self._fingerprint is None:
+                self._fingerprint = key_fingerprint(embedded)
+                _set_root_attrs(self._backend, {FINGERPRINT_ATTR: self._fingerprint})
+            elif not fingerprint_matches(embedded, self._fingerprint):
+                raise StoreError("PSEUDONYM_KEY_MISMATCH", f"store {self.url!r} holds a key that does not match "
+                                                           "its own fingerprint; the store was not changed")
+            self._backend.delete(SECRET_KEY)
+        self._embedded = None
+        self._key = PseudonymKey(embedded, f"key file {target}", target)
+        try:
+            current = resolve_key(create=False)
+        except ConfigError:
+            current = None
+        in_use = current is not None and hmac.compare_digest(current.secret, embedded)
+        log.info("moved the pseudonym key of store %s to %s", self.url, target)
+        return {"key_file": str(target), "created": created, "in_use": in_use}
 
     # -- studies ------------------------------------------------------------
     def study_keys(self) -> list[str]:

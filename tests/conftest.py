@@ -6,6 +6,20 @@ from pathlib import Path
 
 import pytest
 
+# -- pseudonym key: one test key for the whole session, so that no test reads or creates the user's
+# default key file (~/.config/petcohort/pseudonym.key); tests of the key sources override it -----------
+TEST_PSEUDONYM_KEY = "petcohort-test-session-key-0123456789"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pseudonym_key():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PETCOHORT_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
+    mp.delenv("PETCOHORT_PSEUDONYM_KEY_FILE", raising=False)
+    yield TEST_PSEUDONYM_KEY
+    mp.undo()
+
+
 # -- browser: one headless chromium per session (tests marked `browser`) -------------------------
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -1,4 +1,4 @@
-"""Keys, pseudonyms and the PETCOHORT_PSEUDONYM_KEY setting."""
+"""Keys, pseudonyms and the PETCOHORT_PSEUDONYM_KEY(_FILE) settings (key files: test_key_file.py)."""
 from __future__ import annotations
 
 import uuid
@@ -7,8 +7,8 @@ import pytest
 
 from petcohort.engine.errors import ConfigError, StoreError
 from petcohort.storage._backends import forget_memory_store
-from petcohort.storage.keys import (ENV_PSEUDONYM_KEY, pseudonym, settings, split_study_key, study_key,
-                                    validate_key, validate_name)
+from petcohort.storage.keys import (ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE, pseudonym, settings,
+                                    split_study_key, study_key, validate_key, validate_name)
 from petcohort.storage.store import CohortStore
 
 
@@ -61,15 +61,19 @@ def test_study_key_round_trip():
         study_key("../P", 0)
 
 
-def test_settings_reads_the_environment():
-    assert settings({}).pseudonym_key is None
+def test_settings_reads_the_environment(tmp_path):
+    assert settings({}).pseudonym_key is None and settings({}).key_file is None
     assert settings({ENV_PSEUDONYM_KEY: "a-long-enough-secret"}).pseudonym_key == b"a-long-enough-secret"
+    assert "a-long-enough-secret" not in repr(settings({ENV_PSEUDONYM_KEY: "a-long-enough-secret"}))
+    cfg = settings({ENV_PSEUDONYM_KEY_FILE: str(tmp_path / "k"), "HOME": str(tmp_path)})
+    assert cfg.key_file == tmp_path / "k"
+    assert cfg.default_file == tmp_path / ".config" / "petcohort" / "pseudonym.key"
     with pytest.raises(ConfigError) as exc:
         settings({ENV_PSEUDONYM_KEY: "short"})
     assert exc.value.reason == "PSEUDONYM_KEY_SHORT" and "short" not in exc.value.message.split(",")[-1]
 
 
-def test_store_secret_from_environment(monkeypatch):
+def test_store_secret_from_environment(monkeypatch, tmp_path):
     names = [f"k-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     try:
         monkeypatch.setenv(ENV_PSEUDONYM_KEY, "shared-site-secret-0123")
@@ -77,9 +81,12 @@ def test_store_secret_from_environment(monkeypatch):
         assert a._backend.get("pseudonym.key") is None   # not stored: it comes from the environment
         assert a.pseudonym("PAT-001") == b.pseudonym("PAT-001") == pseudonym("PAT-001", b"shared-site-secret-0123")
         monkeypatch.delenv(ENV_PSEUDONYM_KEY)
+        monkeypatch.setenv("HOME", str(tmp_path))   # no default key file there (and never the real one)
+        monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
         with pytest.raises(StoreError) as exc:
             CohortStore.open(f"memory://{names[0]}").pseudonym("PAT-001")
         assert exc.value.reason == "NO_PSEUDONYM_KEY"
+        assert not (tmp_path / ".config").exists()   # opening never creates a key
     finally:
         for n in names:
             forget_memory_store(n)
