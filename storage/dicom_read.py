@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 
 from petcohort.engine.errors import DicomError
 
-__all__ = ["SeriesInfo", "Volume", "Archive", "scan_dicom_archive", "scan_dicom_tree", "read_series", "read_single_series", "slice_geometry"]
+__all__ = ["SeriesInfo", "Volume", "Archive", "read_dataset", "scan_dicom_archive", "scan_dicom_tree", "read_series", "read_single_series", "slice_geometry"]
 
 log = logging.getLogger(__name__)
 _AXIS_TOL = 1e-4          # direction cosines this close to 0/1 count as axis-aligned
@@ -101,6 +101,29 @@ def _looks_like_dicom(path: str) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def read_dataset(path: str, *, stop_before_pixels: bool = False) -> Dataset | None:
+    """A DICOM file's dataset; None for a file that is not DICOM.
+
+    Part 10 files (preamble + ``DICM``) are read as such. Files without the
+    preamble (raw datasets, as older archives and some tools write them) are
+    accepted when the forced read yields a SOP Class and SOP Instance UID: a
+    non-DICOM file does not parse to those. Every reader of the archive
+    (series, SEG, RTSTRUCT) goes through here, so a file found by the scan
+    can be read again.
+    """
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        if _looks_like_dicom(path):
+            raise
+    ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+    try:
+        ok = bool(str(ds.get("SOPClassUID", "") or "").startswith("1.2.840.10008.") and ds.get("SOPInstanceUID"))
+    except Exception:  # noqa: BLE001 - garbage parsed as elements
+        ok = False
+    return ds if ok else None
+
+
 def scan_dicom_archive(root: str | os.PathLike) -> Archive:
     """Every image series and mask object under ``root`` (headers only).
 
@@ -114,7 +137,12 @@ def scan_dicom_archive(root: str | os.PathLike) -> Archive:
         for name in sorted(names):
             path = os.path.join(dirpath, name)
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                ds = read_dataset(path, stop_before_pixels=True)
+                if ds is None:
+                    continue
+                if not ds.get("SOPClassUID") and not getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID"):
+                    unreadable += 1   # a DICOM file that does not say what it is: malformed
+                    continue
                 sop_class = str(ds.get("SOPClassUID", ""))
                 is_mask = sop_class in _MASK_SOP_CLASSES or str(ds.get("Modality", "")) in ("SEG", "RTSTRUCT")
                 is_image = "SeriesInstanceUID" in ds and ("PixelSpacing" in ds or "Rows" in ds)
@@ -266,7 +294,9 @@ def read_series(series: SeriesInfo, *, scale: float | dict[str, float] | None = 
     volume = np.empty((len(files), int(first.Rows), int(first.Columns)), dtype=np.float32)
     headers = []
     for z, path in enumerate(files):
-        ds = pydicom.dcmread(path)
+        ds = read_dataset(path)
+        if ds is None:
+            raise DicomError("DICOM_BAD_PIXELS", f"slice {z}: the file is no longer readable as DICOM")
         try:
             stored = ds.pixel_array
         except Exception as exc:  # pydicom raises several types for unreadable/compressed pixel data
