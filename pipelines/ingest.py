@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +27,19 @@ import numpy as np
 from petcohort.engine import __version__
 from petcohort.engine.errors import DicomError, InputError, PetCohortError, StoreError, SuvError
 from petcohort.engine.kernels import suv as suv_kernels
-from petcohort.storage.dicom_read import SeriesInfo, read_series, scan_dicom_tree
+from petcohort.storage.dicom_masks import PetGrid, match_mask, rasterise_mask, read_mask_header
+from petcohort.storage.dicom_read import SeriesInfo, read_series, scan_dicom_archive, scan_dicom_tree, slice_geometry
+from petcohort.storage.dicom_select import SeriesChoice, compile_pattern, select_ct, select_pet
 from petcohort.storage.dicom_time import combine
 from petcohort.storage.keys import study_key
 from petcohort.storage.nifti import is_autopet_folder, read_sidecar, read_study_folder
 from petcohort.storage.resample import resample_to_grid
 from petcohort.storage.suv_header import SuvOverrides, suv_from_datasets
 
-__all__ = ["ingest_tree", "suv_report"]
+__all__ = ["ingest_tree", "suv_report", "locate_sources", "SourceStudy", "IngestOptions"]
 
 log = logging.getLogger(__name__)
+_ORGAN_ROLES = ("liver", "bone", "aorta")
 INDEX = "ingest_index"   # cohort JSON: study pseudonym -> {key, patient, scan_date}
 _SUV_PROVENANCE = ("units", "suv_type", "vendor_scale", "decay_correction", "reference_rule",
                    "injection_time_source", "dose_unit_converted", "half_life_s", "lbm_formula", "lbm_kg",
@@ -43,7 +47,7 @@ _SUV_PROVENANCE = ("units", "suv_type", "vendor_scale", "decay_correction", "ref
 
 
 def suv_report(dicom_dir: str | os.PathLike, *, overrides: dict | None = None, always_backcompute: bool = False,
-               lbm: str = "janmahasatian") -> dict:
+               lbm: str = "janmahasatian", pet_series: str | None = None) -> dict:
     """SUVbw/SUL factors and provenance of the one PET series under ``dicom_dir``.
 
     Never raises for header or series problems: ``reason`` holds the code
@@ -55,9 +59,11 @@ def suv_report(dicom_dir: str | os.PathLike, *, overrides: dict | None = None, a
         series = [s for s in scan_dicom_tree(dicom_dir) if s.modality == "PT"]
         if not series:
             raise DicomError("DICOM_NO_SERIES", "no PET (Modality PT) image series found in the folder")
-        if len(series) > 1:
-            raise DicomError("DICOM_MIXED_SERIES", f"{len(series)} PET series found where one was expected; "
-                             "give a folder holding one PET series")
+        if len({s.study_uid for s in series}) > 1:
+            raise DicomError("DICOM_MIXED_SERIES", f"PET series of {len({s.study_uid for s in series})} studies "
+                             "found where one study was expected; give a folder holding one study")
+        if len(series) > 1:  # AC + NAC of one acquisition: the same choice as ingest (or its named reason)
+            series = [select_pet(series, pet_series=compile_pattern(pet_series, "--pet-series")).series]
     except PetCohortError as exc:
         report = suv_from_datasets([], overrides=overrides, always_backcompute=always_backcompute, lbm=lbm)
         report.update(reason=exc.reason, message=exc.message, suv_lbm_reason=exc.reason)
@@ -77,6 +83,8 @@ class _Candidate:
     load: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]
     error: PetCohortError | None = None
     timepoint_hint: int | None = None
+    mask_ids: tuple[int, ...] = ()     # indices of the archive's mask objects matched to this study
+    pet_series_uid: str | None = None  # raw UID: only ever passed to store.pseudonym
     key: str | None = None
     study: str | None = None           # study pseudonym
     days: int | None = None
@@ -93,7 +101,8 @@ def _open_store(store_url: str | os.PathLike):
         return CohortStore.create(store_url, exist_ok=True)
 
 
-def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrides: dict | None = None) -> dict:
+def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrides: dict | None = None,
+                pet_series: str | None = None, ct_series: str | None = None, mask_label: str | None = None) -> dict:
     """Ingest every DICOM PET/CT study and autoPET NIfTI folder under ``src``.
 
     Parameters
@@ -107,27 +116,42 @@ def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrid
     overrides : dict, optional
         SUV overrides (``weight_kg``, ``height_m``, ``sex``, ``dose_bq``,
         ``injection_datetime``), applied to every study and recorded.
+    pet_series, ct_series : str, optional
+        Regular expressions (case-insensitive, searched in SeriesDescription)
+        choosing among several attenuation-corrected PET / same-frame CT
+        series (see :mod:`petcohort.storage.dicom_select`).
+    mask_label : str, optional
+        Regular expression choosing the lesion segments/ROIs of DICOM SEG and
+        RTSTRUCT objects by SegmentLabel / ROIName (default: segments coded or
+        named as lesions).
 
     Returns
     -------
     dict
         ``ingested`` (study keys), ``skipped`` (keys already in the store),
         ``failed`` (``{source, key, reason, message}``; ``source`` is
-        ``dicom/S-...`` or ``nifti/S-...``, a pseudonym, never a path).
+        ``dicom/S-...`` or ``nifti/S-...``, a pseudonym, never a path),
+        ``warnings`` (``{key, reason, message}``: a study ingested without
+        a mask object it had, e.g. ``MASK_AMBIGUOUS``; key None for findings
+        that belong to no study, e.g. ``DICOM_UNREADABLE_FILE``).
     """
     src = Path(src)
     if not src.exists():
         # the path itself may name a patient: not echoed
         raise InputError("INGEST_NO_SOURCE", "the source folder given to ingest does not exist")
-    ov = SuvOverrides.from_dict(overrides)  # a bad override is the caller's error: raise before touching the store
+    # bad options are the caller's error: raise before touching the store
+    opts = IngestOptions.build(overrides, pet_series, ct_series, mask_label)
     store = _open_store(store_url)
-    candidates = _discover(src, ov)
-    result: dict[str, list] = {"ingested": [], "skipped": [], "failed": []}
+    candidates, findings = _discover(src, opts)
+    result: dict[str, list] = {"ingested": [], "skipped": [], "failed": [],
+                               "warnings": [{"key": None, **f} for f in findings]}
     index: dict[str, dict] = dict(store.read_json(INDEX) or {})
     _assign(store, candidates, index)
     for cand in candidates:
         source = f"{cand.kind}/{cand.study}"
-        if cand.error is None and cand.key is not None and index.get(cand.study, {}).get("status") == "ingested":
+        # an ingested study is never touched again, even when this run's options would now refuse it
+        # (e.g. a --pet-series meant for another study): the store keeps what it has
+        if cand.key is not None and index.get(cand.study, {}).get("status") == "ingested":
             result["skipped"].append(cand.key)
             continue
         started = time.time()
@@ -135,9 +159,12 @@ def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrid
             if cand.error is not None:
                 raise cand.error
             arrays, attrs = cand.load()
+            if cand.kind == "dicom":
+                attrs["pet_series_pseudonym"] = store.pseudonym(f"series:{cand.pet_series_uid}", prefix="R")
             attrs.update(patient=cand.key.rsplit("-T", 1)[0], study=cand.study,
                          timepoint=int(cand.key.rsplit("-T", 1)[1]), days_since_baseline=cand.days)
             _write(store, cand.key, arrays, attrs, started)
+            result["warnings"].extend({"key": cand.key, **f} for f in (attrs.get("masks") or {}).get("findings", []))
         except PetCohortError as exc:
             log.warning("ingest of %s failed: [%s]", cand.key or source, exc.reason)
             result["failed"].append({"source": source, "key": cand.key, "reason": exc.reason, "message": exc.message})
@@ -174,9 +201,14 @@ def _write(store, key: str, arrays: dict[str, np.ndarray], attrs: dict, started:
     else:
         store.add_study(key, attrs)
     store.write_arrays(key, arrays)
-    if store.stage_record(key, "ingest") is not None:  # supersede the failed record
-        store.commit_stage(key, "ingest", arrays={}, record=_ingest_record(
-            started, summary={"arrays": sorted(arrays)}, message="ingested"))
+    # The ingest record (always; it supersedes a failed one) carries what was chosen and, as its reason, the first
+    # finding (e.g. MASK_AMBIGUOUS) so that the manifest shows it; the study itself is ingested.
+    findings = (attrs.get("masks") or {}).get("findings", [])
+    store.commit_stage(key, "ingest", arrays={}, record=_ingest_record(
+        started, summary={"arrays": sorted(arrays), "series_selection": attrs.get("series_selection"),
+                          "masks": attrs.get("masks"), "ct_reason": attrs.get("ct_reason")},
+        reason=findings[0]["reason"] if findings else None,
+        message="; ".join(f"[{f['reason']}] {f['message']}" for f in findings) or "ingested"))
 
 
 def _record_failure(store, cand: _Candidate, exc: PetCohortError, started: float) -> None:
@@ -244,18 +276,57 @@ def _assign(store, candidates: list[_Candidate], index: dict[str, dict]) -> None
                               "scan_date": c.scan_time.date().isoformat() if c.scan_time is not None else None}
 
 
-def _discover(src: Path, ov: SuvOverrides) -> list[_Candidate]:
-    """Pass 1: autoPET folders and DICOM studies (headers only)."""
+@dataclass(frozen=True)
+class IngestOptions:
+    """The user's ingest choices, validated once before any study is read."""
+
+    overrides: SuvOverrides
+    pet_series: re.Pattern | None = None
+    ct_series: re.Pattern | None = None
+    mask_label: re.Pattern | None = None
+
+    @classmethod
+    def build(cls, overrides: dict | None = None, pet_series: str | None = None, ct_series: str | None = None,
+              mask_label: str | None = None) -> "IngestOptions":
+        return cls(SuvOverrides.from_dict(overrides), compile_pattern(pet_series, "--pet-series"),
+                   compile_pattern(ct_series, "--ct-series"), compile_pattern(mask_label, "--mask-label"))
+
+
+def _discover(src: Path, opts: IngestOptions) -> tuple[list[_Candidate], list[dict]]:
+    """Pass 1: autoPET folders and DICOM studies (headers only).
+
+    Returns the candidates and the archive-level findings that belong to no
+    study (unreadable files, mask objects that match no study's PET).
+    """
     candidates: list[_Candidate] = []
     nifti_dirs = sorted(p.parent for p in src.rglob("SUV.nii.gz") if is_autopet_folder(p.parent))
     for folder in nifti_dirs:
-        candidates.append(_nifti_candidate(src, folder, ov))
+        candidates.append(_nifti_candidate(src, folder, opts.overrides))
+    archive = scan_dicom_archive(src)
+    findings: list[dict] = []
+    if archive.unreadable:
+        findings.append({"reason": "DICOM_UNREADABLE_FILE", "message": f"{archive.unreadable} file(s) with a DICOM "
+                         "preamble could not be parsed and were skipped"})
+    masks = []
+    for n, (path, ds) in enumerate(archive.objects, start=1):
+        try:
+            masks.append(read_mask_header(path, ds))
+        except PetCohortError as exc:
+            findings.append({"reason": exc.reason, "message": f"mask object {n}: {exc.message}"})
     by_study: dict[str, list[SeriesInfo]] = {}
-    for series in scan_dicom_tree(src):
+    for series in archive.series:
         by_study.setdefault(series.study_uid, []).append(series)
+    used: set[int] = set()
     for study_uid, series in sorted(by_study.items()):
-        candidates.append(_dicom_candidate(study_uid, series, ov))
-    return candidates
+        cand = _dicom_candidate(study_uid, series, masks, opts)
+        used.update(cand.mask_ids)
+        candidates.append(cand)
+    for i, obj in enumerate(masks):
+        if i not in used:
+            findings.append({"reason": "MASK_NO_MATCH", "message": f"a {obj.kind} object "
+                             f"({len(obj.segments)} segments) references no PET series of the archive and shares "
+                             "no PET frame of reference; it was not used"})
+    return candidates, findings
 
 
 def _scan_time(series: SeriesInfo) -> _dt.datetime | None:
@@ -268,27 +339,92 @@ def _scan_time(series: SeriesInfo) -> _dt.datetime | None:
     return combine(ds.get("SeriesDate"), ds.get("SeriesTime")) or combine(ds.get("StudyDate"), ds.get("StudyTime"))
 
 
-def _dicom_candidate(study_uid: str, series: list[SeriesInfo], ov: SuvOverrides) -> _Candidate:
-    pets = [s for s in series if s.modality == "PT"]
-    cts = [s for s in series if s.modality == "CT"]
+@dataclass(frozen=True)
+class _StudySources:
+    """The series and mask objects ingest chose for one DICOM study."""
+
+    pet: SeriesChoice
+    ct: SeriesChoice
+    masks: tuple[tuple[Any, str], ...]     # (MaskObject, matched_by)
+    mask_findings: tuple[dict, ...] = ()   # masks of this study that match neither its series nor its frame
+
+
+def _study_sources(study_uid: str, series: list[SeriesInfo], masks: list, opts: IngestOptions) -> _StudySources:
+    """Series selection and mask matching of one study (headers only; raises for PET problems)."""
+    pet = select_pet(series, pet_series=opts.pet_series)
+    ct = select_ct(series, pet.series, ct_series=opts.ct_series)
+    frame = str(pet.series.headers[0].get("FrameOfReferenceUID", "") or "") or None
+    matched, findings = [], []
+    for obj in masks:
+        how = match_mask(obj, pet_series_uid=pet.series.series_uid, pet_frame_uid=frame)
+        if how is not None:
+            matched.append((obj, how))
+        elif obj.study_uid == study_uid:
+            findings.append({"reason": "MASK_NO_MATCH", "message": f"a {obj.kind} object of this study references "
+                             "another series and another frame of reference than the chosen PET; not used"})
+    return _StudySources(pet, ct, tuple(matched), tuple(findings))
+
+
+def _dicom_candidate(study_uid: str, series: list[SeriesInfo], masks: list, opts: IngestOptions) -> _Candidate:
     error: PetCohortError | None = None
-    if len(pets) != 1:
-        error = DicomError("DICOM_MIXED_SERIES" if pets else "INGEST_MISSING_PET",
-                           f"a study needs exactly one PET series, found {len(pets)}")
-    elif not cts:
-        error = DicomError("INGEST_MISSING_CT", "the study has a PET series but no CT series")
-    elif len(cts) > 1:
-        frame = str(pets[0].headers[0].get("FrameOfReferenceUID", ""))
-        same = [c for c in cts if str(c.headers[0].get("FrameOfReferenceUID", "")) == frame]
-        if len(same) == 1:
-            cts = same
-        else:
-            error = DicomError("DICOM_MIXED_SERIES", f"{len(cts)} CT series and {len(same)} share the PET "
-                               "frame of reference; cannot choose the attenuation CT")
-    anchor = pets[0] if pets else series[0]
+    chosen: _StudySources | None = None
+    try:
+        chosen = _study_sources(study_uid, series, masks, opts)
+    except PetCohortError as exc:
+        error = exc
+    anchor = chosen.pet.series if chosen is not None else next((s for s in series if s.modality == "PT"), series[0])
+    ids = tuple(i for i, obj in enumerate(masks) if chosen is not None and any(o is obj for o, _ in chosen.masks))
     return _Candidate(kind="dicom", patient_raw=anchor.patient_id or None, study_raw=study_uid,
-                      scan_time=_scan_time(anchor), error=error,
-                      load=lambda: _load_dicom(pets[0], cts[0], ov))
+                      scan_time=_scan_time(anchor), error=error, mask_ids=ids, pet_series_uid=anchor.series_uid,
+                      load=lambda: _load_dicom(chosen, opts))
+
+
+def locate_sources(src: str | os.PathLike, store, *, pet_series: str | None = None) -> dict[str, Any]:
+    """Map the store's DICOM studies back to their source series in ``src`` (for export).
+
+    The store keeps no UID: a source study is found by its keyed pseudonym
+    (the study index), and its PET series by the keyed series pseudonym that
+    ingest recorded (``pet_series_pseudonym``), else by re-running the series
+    selection. Returns ``{study key: SourceStudy}`` for every study found, and
+    ``{study key: PetCohortError}`` for a stored DICOM study whose source is
+    absent (``EXPORT_SOURCE_NOT_FOUND``) or whose PET cannot be chosen again.
+    """
+    opts = IngestOptions.build(pet_series=pet_series)
+    index: dict[str, dict] = dict(store.read_json(INDEX) or {})
+    found: dict[str, Any] = {}
+    by_study: dict[str, list[SeriesInfo]] = {}
+    for series in scan_dicom_archive(src).series:
+        by_study.setdefault(series.study_uid, []).append(series)
+    for study_uid, series in by_study.items():
+        entry = index.get(store.pseudonym(f"dicom:{study_uid}", prefix="S"))
+        if entry is None or entry.get("status") != "ingested":
+            continue
+        key = entry["key"]
+        wanted = store.study_attrs(key).get("pet_series_pseudonym")
+        pets = [s for s in series if s.modality == "PT"
+                and store.pseudonym(f"series:{s.series_uid}", prefix="R") == wanted]
+        try:
+            pet = pets[0] if pets else select_pet(series, pet_series=opts.pet_series).series
+        except PetCohortError as exc:
+            found[key] = exc
+            continue
+        order = slice_geometry(pet.headers)[0]
+        found[key] = SourceStudy(pet=pet, pet_headers=tuple(pet.headers[i] for i in order))
+    for entry in index.values():
+        key = entry.get("key")
+        if entry.get("status") == "ingested" and key not in found and \
+                store.study_attrs(key).get("source") == "dicom":
+            found[key] = InputError("EXPORT_SOURCE_NOT_FOUND", f"study {key} was not found in the source folder "
+                                    "(no study there has its pseudonym)")
+    return found
+
+
+@dataclass(frozen=True)
+class SourceStudy:
+    """A stored study's source PET series (headers; ``pet_headers`` in array z order)."""
+
+    pet: SeriesInfo
+    pet_headers: tuple
 
 
 def _uptake(report: dict) -> tuple[float | None, str | None]:
@@ -302,16 +438,14 @@ def _uptake(report: dict) -> tuple[float | None, str | None]:
     return delta.total_seconds() / 60.0, None
 
 
-def _load_dicom(pet: SeriesInfo, ct: SeriesInfo, ov: SuvOverrides) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    report = suv_from_datasets(list(pet.headers), overrides=ov)
+def _load_dicom(chosen: _StudySources, opts: IngestOptions) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    pet = chosen.pet.series
+    report = suv_from_datasets(list(pet.headers), overrides=opts.overrides)
     if report["reason"]:
         raise SuvError(report["reason"], report["message"])
     scale = report["suv_bw_factor"] if report["suv_bw_factor"] is not None else report["suv_bw_factors"]
     pet_vol = read_series(pet, scale=scale)
-    ct_vol = read_series(ct)
-    ct_on_pet = resample_to_grid(ct_vol.array, ct_vol.spacing, ct_vol.origin, pet_vol.array.shape,
-                                 pet_vol.spacing, pet_vol.origin, interpolation="linear", default=-1000)
-    ct_hu = np.clip(np.rint(ct_on_pet), -32768, 32767).astype(np.int16)
+    arrays: dict[str, np.ndarray] = {"pet": pet_vol.array}
     first = pet.headers[0]
     uptake, uptake_reason = _uptake(report)
     factors = list((report["suv_bw_factors"] or {}).values())
@@ -325,10 +459,87 @@ def _load_dicom(pet: SeriesInfo, ct: SeriesInfo, ov: SuvOverrides) -> tuple[dict
              "spacing": list(pet_vol.spacing), "origin": list(pet_vol.origin),
              "weight_kg": report["weight_kg"], "height_m": report["height_m"], "sex": report["sex"],
              "injected_dose_bq": report["dose_bq"], "uptake_min": uptake, "suv": suv,
-             "sul_per_suvbw": report["sul_per_suvbw"], "sul_reason": report["suv_lbm_reason"], "source": "dicom"}
+             "sul_per_suvbw": report["sul_per_suvbw"], "sul_reason": report["suv_lbm_reason"], "source": "dicom",
+             "series_selection": {"pet": chosen.pet.provenance(), "ct": chosen.ct.provenance()}}
     if uptake is None:
         attrs["uptake_min_reason"] = uptake_reason
-    return {"pet": pet_vol.array, "ct": ct_hu}, attrs
+    if chosen.ct.series is not None:
+        ct_vol = read_series(chosen.ct.series)
+        ct_on_pet = resample_to_grid(ct_vol.array, ct_vol.spacing, ct_vol.origin, pet_vol.array.shape,
+                                     pet_vol.spacing, pet_vol.origin, interpolation="linear", default=-1000)
+        del ct_vol
+        arrays["ct"] = np.clip(np.rint(ct_on_pet), -32768, 32767).astype(np.int16)
+        del ct_on_pet
+    else:
+        attrs["ct_reason"] = chosen.ct.reason
+    mask_arrays, attrs["masks"] = _dicom_masks(chosen, PetGrid.from_headers(pet_vol.headers), opts)
+    arrays.update(mask_arrays)
+    return arrays, attrs
+
+
+def _selected(obj, opts: IngestOptions) -> list:
+    """The segments of a mask object that would become lesions."""
+    if opts.mask_label is not None:
+        return [seg for seg in obj.segments if opts.mask_label.search(seg.label)]
+    return [seg for seg in obj.segments if seg.role == "lesion"]
+
+
+def _describe_mask(obj, how: str, opts: IngestOptions) -> dict[str, Any]:
+    return {"kind": obj.kind, "matched_by": how, "segments": len(obj.segments),
+            "lesion_labels": [seg.label for seg in _selected(obj, opts)],
+            "organ_labels": [seg.label for seg in obj.segments if seg.role in _ORGAN_ROLES]}
+
+
+def _dicom_masks(chosen: _StudySources, grid, opts: IngestOptions) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``seg/manual`` (+ ``_instances``) and ``organs/*`` from the study's mask objects, with provenance.
+
+    Never a silent union of two experts: several objects with lesion
+    segments and no ``--mask-label`` that singles one out leave the study
+    without ``seg/manual`` (``MASK_AMBIGUOUS``, candidates listed). A mask
+    object that cannot be rasterised is recorded with its reason; the study
+    is ingested all the same.
+    """
+    findings: list[dict] = list(chosen.mask_findings)
+    prov: dict[str, Any] = {"candidates": [_describe_mask(o, how, opts) for o, how in chosen.masks],
+                            "mask_label": opts.mask_label.pattern if opts.mask_label is not None else None}
+    arrays: dict[str, np.ndarray] = {}
+    lesion_objs = [(o, how) for o, how in chosen.masks if _selected(o, opts)]
+    if len(lesion_objs) > 1:
+        findings.append({"reason": "MASK_AMBIGUOUS", "message": f"{len(lesion_objs)} mask objects hold lesion "
+                         "segments (" + "; ".join(f"{o.kind}: {', '.join(s.label for s in _selected(o, opts))}"
+                                                  for o, _ in lesion_objs)
+                         + "); none used. Choose with --mask-label REGEX (segment label / ROI name)"})
+        lesion_objs = []
+    elif not lesion_objs and chosen.masks:
+        labels = sorted({seg.label for o, _ in chosen.masks for seg in o.segments})
+        findings.append({"reason": "MASK_NO_LESION_SEGMENT", "message": "no segment/ROI of the study's mask "
+                         f"objects was taken as a lesion (labels: {', '.join(labels)}); select with --mask-label"})
+    organ_objs = [(o, how) for o, how in chosen.masks if any(seg.role in _ORGAN_ROLES for seg in o.segments)]
+    done: set[int] = set()
+    for obj, how in lesion_objs + organ_objs:
+        if id(obj) in done:
+            continue
+        done.add(id(obj))
+        as_lesions = any(obj is o for o, _ in lesion_objs)
+        try:
+            raster = rasterise_mask(obj, grid, label_regex=opts.mask_label.pattern if opts.mask_label else None,
+                                    lesions=as_lesions)
+        except PetCohortError as exc:
+            findings.append({"reason": exc.reason, "message": f"{obj.kind}: {exc.message}"})
+            continue
+        findings.extend({"reason": r, "message": f"{obj.kind}: {m}"} for r, m in raster.warnings)
+        if as_lesions:
+            arrays["seg/manual"] = (raster.lesions != 0).astype(np.uint8)
+            arrays["seg/manual_instances"] = raster.lesions
+            prov["manual"] = {"kind": obj.kind, "matched_by": how,
+                              "segments": [{"id": i, "number": seg.number, "label": seg.label}
+                                           for i, seg in enumerate(raster.lesion_segments, start=1)]}
+        for organ, mask in raster.organs.items():
+            if f"organs/{organ}" not in arrays and mask.any():
+                arrays[f"organs/{organ}"] = mask.astype(np.uint8)
+                prov.setdefault("organs", {})[organ] = {"kind": obj.kind, "matched_by": how}
+    prov["findings"] = findings
+    return arrays, prov
 
 
 def _nifti_candidate(src: Path, folder: Path, ov: SuvOverrides) -> _Candidate:
@@ -387,4 +598,9 @@ def _load_nifti(folder: Path, ov: SuvOverrides) -> tuple[dict[str, np.ndarray], 
     arrays = {"pet": study.pet, "ct": study.ct}
     if study.seg is not None:
         arrays["seg/manual"] = study.seg
+    if study.seg_instances is not None:
+        arrays["seg/manual_instances"] = study.seg_instances
+        ids = np.unique(study.seg_instances)
+        attrs["masks"] = {"manual": {"kind": "NIFTI", "segments": [{"id": int(i), "number": int(i), "label": None}
+                                                                   for i in ids[ids != 0]]}}
     return arrays, attrs

@@ -111,6 +111,9 @@ def organs_stage(ctx: StageContext) -> StageOutput:
     for organ in ("bone", "liver", "aorta"):
         if sources[organ] is None:
             summary[f"{organ}_reason"] = f"NO_{organ.upper()}_MASK"
+    if sources["bone"] is None and not ctx.store.has_array(ctx.key, "ct"):
+        # PET-only study: the CT-HU bone fallback cannot run; PBI is then missing with this reason
+        summary["bone_reason"] = "NO_CT_FOR_BONE_FALLBACK"
     voxel_ml = float(np.prod(ctx.spacing)) / 1000.0
     summary["volumes_ml"] = {}
     for organ in ("bone", "liver", "aorta"):

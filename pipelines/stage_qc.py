@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from petcohort.engine.errors import InputError
+from petcohort.pipelines.lesion_labels import is_instances_array
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
 
 __all__ = ["SUV_WINDOW", "coronal_mip", "pet_mip_uint8", "mask_mip_uint8", "qc_stage"]
@@ -90,7 +91,7 @@ def mask_mip_uint8(mask: np.ndarray) -> np.ndarray:
     return (coronal_mip(np.asarray(mask) > 0)).astype(np.uint8)
 
 
-@register_stage("qc", requires=("threshold",), applies_to="all")
+@register_stage("qc", requires=("threshold",), applies_to="all", params=("analysis.sources",))
 def qc_stage(ctx: StageContext) -> StageOutput:
     """Write ``qc/mip_pet`` and one ``qc/mip_<source>`` per ``seg/<source>`` mask.
 
@@ -103,7 +104,7 @@ def qc_stage(ctx: StageContext) -> StageOutput:
     arrays: dict[str, np.ndarray] = {"qc/mip_pet": pet_mip_uint8(pet)}
     sources = []
     for name in ctx.store.array_names(ctx.key):
-        if not name.startswith("seg/"):
+        if not name.startswith("seg/") or is_instances_array(name):
             continue
         source = name.split("/", 1)[1]
         if ctx.config.sources is not None and source != "manual" and source not in ctx.config.sources:

@@ -5,13 +5,17 @@ dicts]}}`` for every ``seg/<src>`` of the study (or ``config.sources``; the
 manual mask is always included when present), with the keys of
 :func:`petcohort.engine.kernels.lesions.quantify`. SULpeak uses the study's
 ``sul_per_suvbw`` attr (None -> ``sulpeak_reason = SUL_UNAVAILABLE``); PBI/PLI
-use ``organs/bone`` and ``organs/liver`` when present.
+use ``organs/bone`` and ``organs/liver`` when present. A source with an
+instance map (``seg/<src>_instances``) has one lesion per segment/ROI (split
+into connected parts); its lesion rows carry ``segment`` (instance id),
+``segment_number`` and ``segment_label``.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from petcohort.engine.kernels import lesions
+from petcohort.pipelines.lesion_labels import instances_of, is_instances_array, segment_table
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
 
 __all__ = ["quantify_stage", "study_sources"]
@@ -19,7 +23,8 @@ __all__ = ["quantify_stage", "study_sources"]
 
 def study_sources(ctx: StageContext) -> list[str]:
     """Segmentation sources of the study to process (``seg/<src>`` present), sorted."""
-    present = sorted(n.split("/", 1)[1] for n in ctx.store.array_names(ctx.key) if n.startswith("seg/"))
+    present = sorted(n.split("/", 1)[1] for n in ctx.store.array_names(ctx.key)
+                     if n.startswith("seg/") and not is_instances_array(n))
     if ctx.config.sources is None:
         return present
     wanted = set(ctx.config.sources) | {"manual"}
@@ -30,7 +35,8 @@ def _optional(ctx: StageContext, name: str) -> Any:
     return ctx.store.read_array(ctx.key, name) if ctx.store.has_array(ctx.key, name) else None
 
 
-@register_stage("quantify", requires=("organs", "threshold"), params=("connectivity", "radius_mm", "sources"))
+@register_stage("quantify", requires=("organs", "threshold"), params=("quantify.connectivity", "quantify.radius_mm",
+                                                                      "analysis.sources"))
 def quantify_stage(ctx: StageContext) -> StageOutput:
     """Per-study and per-lesion biomarkers for every segmentation source."""
     pet = ctx.store.read_array(ctx.key, "pet")
@@ -43,8 +49,14 @@ def quantify_stage(ctx: StageContext) -> StageOutput:
     for src in study_sources(ctx):
         q = lesions.quantify(pet, ctx.store.read_array(ctx.key, f"seg/{src}"), spacing=ctx.spacing,
                              connectivity=ctx.config.connectivity, radius_mm=ctx.config.radius_mm,
-                             bone=bone, liver=liver, sul_per_suvbw=factor, origin=origin)
+                             bone=bone, liver=liver, sul_per_suvbw=factor, origin=origin,
+                             instances=instances_of(ctx.store, ctx.key, src))
         studies[src] = q.study
+        segments = segment_table(ctx.attrs, src)
+        for row in q.lesions:  # the segment/ROI each lesion came from (instance masks only)
+            if "segment" in row:
+                seg = segments.get(row["segment"], {})
+                row["segment_number"], row["segment_label"] = seg.get("number"), seg.get("label")
         lesion_rows[src] = q.lesions
         del q  # its label map (4 bytes per voxel) would otherwise live on through the next source's labelling
     summary: dict[str, Any] = {"sources": studies, "lesions": lesion_rows}

@@ -185,6 +185,8 @@ def export_nnunet(store, out_dir: str | os.PathLike, *, dataset_id_bl: int = 501
         a = attrs[k]
         if not store.has_array(k, "seg/manual"):
             skipped[k] = "NO_MANUAL_MASK"
+        elif not store.has_array(k, "ct"):
+            skipped[k] = "NO_CT"      # PET-only study: both networks take a CT channel
         elif int(a.get("timepoint", 0)) == 0:
             bl_cases[k] = a.get("patient")
         else:
