@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def demo_models(models: Path | str | None) -> dict[str, Any]:
-    """The demo's nnU-Net options (``RunConfig.extra``) for the model folders under ``models``.
+    """The demo's nnU-Net options (``segment`` section keys) for the model folders under ``models``.
 
     ``models`` holds ``Dataset501_*/<trainer>__<plans>__3d_fullres`` (U-Net_BL) and
     ``Dataset502_*/...`` (U-Net_FU), as ``models/demo/`` does. Returns ``{}`` (and says why in
@@ -45,16 +45,32 @@ def demo_models(models: Path | str | None) -> dict[str, Any]:
     return {**found, "tta": False, "tile_step": 0.5}
 
 
+def _demo_config(config: Any, extra: dict[str, Any]) -> Any:
+    """The demo's RunConfig: ``config`` (None = defaults) with the demo networks filled in.
+
+    Without a user configuration the demo's CPU-friendly inference options
+    (no mirroring) apply too; with one, only model folders it leaves unset
+    are filled in.
+    """
+    from petcohort.pipelines.config import RunConfig
+
+    if config is None:
+        return RunConfig().replace({f"segment.{k}": v for k, v in extra.items()})
+    fill = {f"segment.{k}": v for k, v in extra.items() if k in ("model_bl", "model_fu")
+            and getattr(config.segment, k) is None}
+    return config.replace(fill) if fill else config
+
+
 def run_demo(out: Path | str, *, patients: int = 12, seed: int = 0, cluster_file: Path | None = None,
-             sites: int = 2, models: Path | str | None = None) -> dict:
+             sites: int = 2, models: Path | str | None = None, config: Any = None) -> dict:
     """Generate the demo cohort in ``out/store`` and run the whole pipeline.
 
     ``models``: folder with the demo nnU-Net networks (see :func:`demo_models`); None runs the
-    pipeline without the nnU-Net stages.
+    pipeline without the nnU-Net stages. ``config``: a RunConfig (None: the defaults); the
+    resolved configuration is written to ``out/run_config.yaml``.
     Returns a dict of what was written and how long each step took (seconds).
     A previous demo output in ``out`` is replaced (it is derived data only).
     """
-    from petcohort.pipelines.config import RunConfig
     from petcohort.pipelines.report import write_report
     from petcohort.pipelines.run import run_cohort
     from petcohort.pipelines.synthetic import synthesize
@@ -80,7 +96,7 @@ def run_demo(out: Path | str, *, patients: int = 12, seed: int = 0, cluster_file
     if extra:
         log.info("demo: nnU-Net U-Net_BL %s, U-Net_FU %s (tta off, tile step 0.5)", extra["model_bl"],
                  extra["model_fu"])
-    summary = run_cohort(str(store), cluster_file=cluster_file, out=out, config=RunConfig(extra=extra))
+    summary = run_cohort(str(store), cluster_file=cluster_file, out=out, config=_demo_config(config, extra))
     timings["run_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -93,5 +109,6 @@ def run_demo(out: Path | str, *, patients: int = 12, seed: int = 0, cluster_file
         log.warning("demo: %d study-stage(s) failed; see the summary above and `petcohort manifest`",
                     len(summary.failed))
     return {"store": str(store), "report": str(report), "timings": timings, "synth": synth_summary,
+            "run_config": str(out / "run_config.yaml"),
             "nnunet": bool(extra),
             "failed": list(summary.failed)}

@@ -4,11 +4,14 @@ Steps (DESIGN.md, "Execution"):
 
 1. open the store ``r+`` and hold its writer lock for the whole run (a second
    run is refused with ``STORE_LOCKED``);
-2. plan: for each (study, stage) that applies, compute its config hash
-   (``config_hash(config, stage.params)``) and input hash (study attrs and
-   input array names, plus the fingerprints of the records it depends on);
-   a committed record with the same hashes and code version is skipped
-   unless ``force`` -- unless a stage it depends on is redone in this run;
+2. plan: for each (study, stage) that applies, resolve the config values it
+   reads (``params``), its code fingerprint (``code``: its petcohort modules,
+   library versions, model files; :mod:`petcohort.pipelines.fingerprint`)
+   and its inputs (study attrs and input array names, plus the fingerprints
+   of the records it depends on); a committed record with equal params, code
+   and inputs is skipped unless ``force`` or a stage it depends on is redone
+   in this run. Each redone study-stage gets the reasons why
+   (:attr:`RunPlan.why`, ``petcohort manifest --why``);
 3. build the task description (``engine.graph.build_graph``) and submit one
    Dask task per study-stage (``pipelines.run_task.execute_study_stage``); each
    task reads from and commits to the store itself, only a small summary
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.util
+import json
 import logging
 import os
 import secrets
@@ -32,17 +36,20 @@ from typing import Any
 
 from petcohort.engine.cluster import ClusterSession, connect, load_cluster_config
 from petcohort.engine.graph import StudyGraph, baseline_keys, build_graph, topological_stages
-from petcohort.pipelines.config import RunConfig, config_hash
+from petcohort.pipelines.config import RunConfig, config_hash, to_yaml
+from petcohort.pipelines.fingerprint import CodeIndex, code_changes, stage_code
 from petcohort.pipelines.progress import RunProgress, render_summary
-from petcohort.pipelines.run_task import (StageJob, build_outputs_task, execute_study_stage, fingerprint,
-                                          input_hash,
-                                          study_digest)
+from petcohort.pipelines.run_task import (StageJob, build_outputs_task, execute_study_stage, input_hash,
+                                          input_parts, record_hash, study_digest)
 from petcohort.pipelines.stages import MODEL_STAGES, STAGES, Stage, default_stages, stage_order
 
-__all__ = ["RunSummary", "RunPlan", "plan_run", "run_cohort", "DEFAULT_CLUSTER_FILE"]
+__all__ = ["RunSummary", "RunPlan", "plan_run", "run_cohort", "stale_study_stages", "write_run_config",
+           "DEFAULT_CLUSTER_FILE", "RUN_CONFIG_FILE"]
 
 log = logging.getLogger(__name__)
 DEFAULT_CLUSTER_FILE = Path("cluster.yaml")
+#: The resolved configuration written next to the results (``--out``); the store keeps it as cohort JSON ``run_config``.
+RUN_CONFIG_FILE = "run_config.yaml"
 
 
 @dataclass
@@ -76,11 +83,18 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a run will do: the task graph, one job per task, and the skipped study-stages."""
+    """What a run will do: the task graph, one job per task, the skipped study-stages, and why each job runs.
+
+    ``why`` maps (study, stage) of every job to short reasons, e.g.
+    ``"params quantify.radius_mm: 6.2035 -> 6.0"``,
+    ``"code: module petcohort.engine.kernels.sulpeak changed"``,
+    ``"input study/threshold is redone in this run"``, ``"never run"``.
+    """
 
     graph: StudyGraph
     jobs: dict[str, StageJob]
     skipped: tuple[tuple[str, str], ...]
+    why: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
 
 def _code_version() -> str:
@@ -89,9 +103,59 @@ def _code_version() -> str:
     return str(__version__)
 
 
+def _json_plain(obj: Any) -> Any:
+    """``obj`` as it reads back from a JSON record (tuples -> lists), so that comparisons are exact."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _params_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    missing = "(absent)"
+    return [f"params {k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
+
+
+def _input_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    if not old:
+        return ["inputs changed (the record does not name them)"]
+    out = []
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name):
+            what = "study attrs or input arrays" if name == "study" else name
+            out.append(f"input {what} changed" if name in old and name in new else
+                       f"input {what} {'added' if name in new else 'removed'}")
+    return out or ["inputs changed"]
+
+
+def _why(rec: dict[str, Any] | None, job: StageJob, records: dict, redone: set[tuple[str, str]]) -> list[str]:
+    """Why the study-stage of ``job`` must run, given its record ([] = up to date)."""
+    if rec is None:
+        return ["never run"]
+    if rec.get("status") != "committed":
+        return [f"last attempt failed ({rec.get('reason')})"]
+    if "params" not in rec or "code" not in rec:
+        return [f"record written by petcohort {rec.get('code_version')} holds no params/code fingerprint: "
+                "redone once to record them"]
+    out = _params_changes(rec.get("params") or {}, job.params)
+    if (rec.get("code") or {}).get("digest") != job.code.get("digest"):
+        out += [f"code: {c}" for c in code_changes(rec.get("code"), job.code)]
+    ups = [("study", job.study, r) for r in job.requires] + [("baseline", job.baseline, r)
+                                                             for r in job.baseline_requires]
+    redone_ups = [f"input {role}/{r} is redone in this run" for role, k, r in ups if (k, r) in redone]
+    if redone_ups:
+        return out + redone_ups
+    parts = input_parts(job.inputs, {f"{role}/{r}": records.get((k, r)) for role, k, r in ups})
+    if input_hash(parts) != rec.get("input_hash"):
+        out += _input_changes(rec.get("inputs"), parts)
+    return out
+
+
 def plan_run(store: Any, registry: dict[str, Stage], names: list[str], *, config: RunConfig, force: bool,
-             token: str) -> RunPlan:
-    """Decide which study-stages to run (see the module docstring, step 2)."""
+             token: str, code: CodeIndex | None = None) -> RunPlan:
+    """Decide which study-stages to run (see the module docstring, step 2).
+
+    ``code``: the source index the code fingerprints come from (default: the
+    installed petcohort sources; tests pass an edited copy).
+    """
     # A study whose ingest failed is a placeholder holding only its failure
     # record (pipelines/ingest.py): nothing to analyse; its follow-ups then
     # fail with BASELINE_MISSING.
@@ -103,11 +167,13 @@ def plan_run(store: Any, registry: dict[str, Stage], names: list[str], *, config
     digests = {k: study_digest(a, store.array_names(k), stage_arrays.get(k, set())) for k, a in studies.items()}
     base = baseline_keys(studies)
     version = _code_version()
+    index = code if code is not None else CodeIndex.from_package()
     order = topological_stages(registry, names)
     known = stage_order()
     last_model = max((known.index(m) for m in MODEL_STAGES if m in known), default=len(known))
     consumers = set(known[last_model + 1:])
-    redo: set[tuple[str, str]] = set()
+    why: dict[tuple[str, str], tuple[str, ...]] = {}
+    redone: set[tuple[str, str]] = set()
     skipped: list[tuple[str, str]] = []
     jobs: dict[tuple[str, str], StageJob] = {}
 
@@ -116,40 +182,65 @@ def plan_run(store: Any, registry: dict[str, Stage], names: list[str], *, config
 
     for name in order:
         st = registry[name]
+        params = _json_plain(config.params_for(st.params))
         chash = config_hash(config, st.params)
+        fp = _json_plain(stage_code(st, config, index))
         for study, attrs in sorted(studies.items()):
             if not st.applies(attrs):
                 continue
             b = base[study]
-            digest = digests[study]
+            inputs: dict[str, str | None] = {"study": digests[study]}
             if name in consumers:
                 # Stages after the model stages read their seg/* masks without
                 # requiring them (they run without models too): the model
-                # records of the study and its baseline enter the digest.
-                fps = {f"{k}/{m}": fingerprint(records.get((k, m)))
-                       for k in (study, b) if k is not None for m in MODEL_STAGES if (k, m) in records}
-                digest = input_hash(digest, fps) if fps else digest
+                # records of the study and its baseline are inputs too.
+                inputs.update({f"{role}/{m}": record_hash(records.get((k, m)))
+                               for role, k in (("study", study), ("baseline", b)) if k is not None
+                               for m in MODEL_STAGES if (k, m) in records})
             job = StageJob(store_url=store.url, study=study, stage=st, baseline=b,
                            requires=tuple(r for r in st.requires if applies(r, attrs)),
                            baseline_requires=tuple(r for r in st.needs_baseline
                                                    if b is not None and applies(r, studies[b])),
-                           config=config, config_hash=chash, digest=digest, code_version=version,
-                           token=token)
-            upstream_redone = any((study, r) in redo for r in job.requires) or \
-                any((b, r) in redo for r in job.baseline_requires)
-            rec = records.get((study, name))
-            if not force and not upstream_redone and rec is not None and rec.get("status") == "committed" \
-                    and rec.get("config_hash") == chash and rec.get("code_version") == version:
-                upstream = {f"study/{r}": records.get((study, r)) for r in job.requires}
-                upstream.update({f"baseline/{r}": records.get((b, r)) for r in job.baseline_requires})
-                if input_hash(job.digest, upstream) == rec.get("input_hash"):
-                    skipped.append((study, name))
-                    continue
-            redo.add((study, name))
+                           config=config, config_hash=chash, inputs=inputs, code_version=version,
+                           token=token, params=params, code=fp)
+            reasons = ["forced (--force)"] if force else _why(records.get((study, name)), job, records, redone)
+            if not reasons:
+                skipped.append((study, name))
+                continue
+            why[(study, name)] = tuple(reasons)
+            redone.add((study, name))
             jobs[(study, name)] = job
     graph = build_graph(registry, studies, selected=order, token=token, skip=skipped)
     by_key = {t.key: jobs[(t.study, t.stage)] for t in graph.tasks.values()}
-    return RunPlan(graph, by_key, tuple(skipped))
+    return RunPlan(graph, by_key, tuple(skipped), why)
+
+
+def stale_study_stages(store: Any, *, config: RunConfig, stages: list[str] | None = None,
+                       code: CodeIndex | None = None) -> list[dict[str, Any]]:
+    """Every study-stage a run with ``config`` would redo, and why (``petcohort manifest --why``).
+
+    Parameters
+    ----------
+    store : CohortStore
+        Read only.
+    config : RunConfig
+        The configuration the next run would use.
+    stages : list of str, optional
+        Stage names (default: as ``run_cohort``: every stage, less the model
+        stages without a model folder).
+    code : CodeIndex, optional
+        Source index (default: the installed sources).
+
+    Returns
+    -------
+    list of dict
+        ``{"study", "stage", "why": [str, ...]}`` in stage then study order.
+    """
+    names = stage_order(list(stages)) if stages is not None else default_stages(config)
+    plan = plan_run(store, dict(STAGES), names, config=config, force=False, token="why", code=code)
+    order = {n: i for i, n in enumerate(names)}
+    return [{"study": study, "stage": stage, "why": list(reasons)}
+            for (study, stage), reasons in sorted(plan.why.items(), key=lambda kv: (order.get(kv[0][1], 0), kv[0]))]
 
 
 def _open_session(cluster_file: str | os.PathLike | None) -> ClusterSession:
@@ -234,10 +325,18 @@ def _collect(client: Any, store: Any, plan: RunPlan, futures: dict[str, Any], pr
         else:
             reason, message = "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"[:500]
         store.fail_stage(spec.study, spec.stage, record={
-            "reason": reason, "message": message, "code_version": plan.jobs[key].code_version,
-            "config_hash": plan.jobs[key].config_hash, "run": summary.token, "summary": {}})
+            "reason": reason, "message": message, **plan.jobs[key].provenance(), "run": summary.token,
+            "summary": {}})
         summary.failed.append((spec.study, spec.stage, reason))
         progress.advance(spec.stage, failed=True)
+
+
+def write_run_config(store: Any, config: RunConfig, out: str | os.PathLike | None) -> None:
+    """The resolved configuration next to the results: cohort JSON ``run_config`` and ``out/run_config.yaml``."""
+    store.write_json("run_config", config.to_dict())
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / RUN_CONFIG_FILE).write_text(to_yaml(config), encoding="utf-8")
 
 
 def _build_outputs(client: Any, store: Any, out: str | os.PathLike, token: str) -> None:
@@ -250,7 +349,7 @@ def _build_outputs(client: Any, store: Any, out: str | os.PathLike, token: str) 
 
 def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike | None = None,
                stages: list[str] | None = None, force: bool = False, out: str | os.PathLike | None = None,
-               config: RunConfig = RunConfig(), client: Any = None) -> RunSummary:
+               config: RunConfig | None = None, client: Any = None, code: CodeIndex | None = None) -> RunSummary:
     """Run the selected stages over every study of the store (resumable).
 
     Parameters
@@ -266,11 +365,14 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
     force : bool
         Redo study-stages that are up to date.
     out : path, optional
-        Write ``results.zarr`` and ``tables/`` here after the stages.
-    config : RunConfig
-        Stage parameters.
+        Write ``results.zarr``, ``tables/`` and ``run_config.yaml`` here after the stages.
+    config : RunConfig, optional
+        Stage parameters (default: every default). Written to the store as
+        cohort JSON ``run_config`` (and to ``out/run_config.yaml``).
     client : distributed.Client, optional
         Use this client (not closed at the end).
+    code : CodeIndex, optional
+        Source index of the code fingerprints (default: the installed sources).
 
     Returns
     -------
@@ -286,7 +388,8 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
     from petcohort.storage.store import CohortStore  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    names = stage_order(list(stages)) if stages is not None else default_stages(config.extra)
+    config = config if config is not None else RunConfig()
+    names = stage_order(list(stages)) if stages is not None else default_stages(config)
     left_out = sorted(set(stage_order()) - set(names)) if stages is None else []
     if left_out:
         log.info("stages left out (no model folder configured: --model-bl/--model-fu): %s", ", ".join(left_out))
@@ -299,7 +402,7 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
     summary = RunSummary(token=token)
     store = CohortStore.open(store_url, mode="r+")
     with store.lock(f"petcohort run {token}"):
-        plan = plan_run(store, dict(STAGES), phases[0], config=config, force=force, token=token)
+        plan = plan_run(store, dict(STAGES), phases[0], config=config, force=force, token=token, code=code)
         summary.skipped = list(plan.skipped)
         log.info("run %s: %d study-stages to run, %d up to date", token, len(plan.jobs), len(plan.skipped))
         session = None
@@ -313,13 +416,14 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
                   "dashboard": summary.dashboard, "stages": names, "to_run": len(plan.jobs),
                   "skipped": len(plan.skipped)}
         store.write_json("run", status)  # read by the monitoring dashboard (its Dask link)
+        write_run_config(store, config, out)
         try:
             totals = {n: sum(1 for t in plan.graph.tasks.values() if t.stage == n) for n in plan.graph.stages}
             with RunProgress(totals) as progress:
                 if plan.jobs:
                     _collect(client, store, plan, _submit(client, plan), progress, summary)
             for later in phases[1:]:
-                plan = plan_run(store, dict(STAGES), later, config=config, force=force, token=token)
+                plan = plan_run(store, dict(STAGES), later, config=config, force=force, token=token, code=code)
                 summary.skipped.extend(plan.skipped)
                 log.info("run %s: %d more study-stages to run, %d up to date", token, len(plan.jobs),
                          len(plan.skipped))

@@ -19,14 +19,15 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from petcohort.engine.errors import PetCohortError
 from petcohort.pipelines.config import RunConfig
 from petcohort.pipelines.stages import Stage, StageContext, StageOutput
 
-__all__ = ["StageJob", "study_digest", "fingerprint", "input_hash", "execute_study_stage", "upstream_problem"]
+__all__ = ["StageJob", "study_digest", "fingerprint", "input_parts", "input_hash", "execute_study_stage",
+           "upstream_problem", "record_hash"]
 
 _MAX_MESSAGE = 500
 _STORES: dict[str, Any] = {}
@@ -59,13 +60,24 @@ def fingerprint(record: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: record.get(k) for k in ("status", "input_hash", "config_hash", "code_version", "started")}
 
 
-def input_hash(digest: str, upstream: dict[str, dict[str, Any] | None]) -> str:
-    """Input hash of a study-stage: the study digest plus each upstream record's fingerprint.
+def record_hash(record: dict[str, Any] | None) -> str | None:
+    """16-hex hash of a record's :func:`fingerprint` (None when there is no record)."""
+    return None if record is None else _sha(fingerprint(record))
 
-    ``upstream`` maps ``"<study>/<stage>"`` (or ``"baseline/<stage>"``) to
-    the record (or None).
+
+def input_parts(base: dict[str, str], upstream: dict[str, dict[str, Any] | None]) -> dict[str, str | None]:
+    """The named inputs of a study-stage: ``base`` (``{"study": digest, ...}``) plus one hash per upstream record.
+
+    ``upstream`` maps ``"study/<stage>"`` (or ``"baseline/<stage>"``) to the
+    record (or None). Records keep these parts (``inputs``) so that
+    ``manifest --why`` can say which input changed.
     """
-    return _sha({"study": digest, "upstream": {k: fingerprint(v) for k, v in sorted(upstream.items())}})
+    return {**base, **{k: record_hash(v) for k, v in sorted(upstream.items())}}
+
+
+def input_hash(parts: dict[str, str | None]) -> str:
+    """Input hash of a study-stage: the hash of its :func:`input_parts`."""
+    return _sha(dict(sorted(parts.items())))
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,12 @@ class StageJob:
 
     ``requires`` / ``baseline_requires`` hold only the stages that apply to
     the study / its baseline (decided by the client, which knows the attrs).
+    ``inputs`` are the named inputs known at planning time (``{"study":
+    digest}`` and the model records the study's masks come from); the
+    upstream records are added on the worker, when they are final.
+    ``params`` (resolved config values the stage reads) and ``code`` (its
+    fingerprint, :func:`petcohort.pipelines.fingerprint.stage_code`) go into
+    the record as they are.
     """
 
     store_url: str
@@ -84,9 +102,21 @@ class StageJob:
     baseline_requires: tuple[str, ...]
     config: RunConfig
     config_hash: str
-    digest: str
+    inputs: dict[str, str | None]
     code_version: str
     token: str
+    params: dict[str, Any] = field(default_factory=dict)
+    code: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        """The study digest (``inputs["study"]``)."""
+        return str(self.inputs.get("study"))
+
+    def provenance(self) -> dict[str, Any]:
+        """The record fields that say how a result is made: params, code, config hash, code version."""
+        return {"params": self.params, "code": self.code, "config_hash": self.config_hash,
+                "code_version": self.code_version}
 
 
 def upstream_records(store: Any, job: StageJob) -> dict[str, dict[str, Any] | None]:
@@ -150,9 +180,10 @@ def execute_study_stage(job: StageJob, *_deps: Any) -> dict[str, Any]:
     if existing is not None and existing.get("run") == job.token:
         return _result(job, existing)  # a retry after the worker died past the commit point
     upstream = upstream_records(store, job)
-    record: dict[str, Any] = {"input_hash": input_hash(job.digest, upstream), "config_hash": job.config_hash,
-                              "code_version": job.code_version, "started": _now(), "worker": _worker_name(),
-                              "run": job.token, "reason": None, "message": "", "summary": {}}
+    parts = input_parts(job.inputs, upstream)
+    record: dict[str, Any] = {"input_hash": input_hash(parts), "inputs": parts, **job.provenance(),
+                              "started": _now(), "worker": _worker_name(), "run": job.token, "reason": None,
+                              "message": "", "summary": {}}
     problem = upstream_problem(job, upstream)
     if problem is not None:
         record.update(reason=problem[0], message=problem[1], seconds=0.0)

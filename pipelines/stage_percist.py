@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from petcohort.engine.errors import PetCohortError, StageError
-from petcohort.engine.kernels.label import label
+from petcohort.pipelines.lesion_labels import study_lesion_labels
 from petcohort.engine.stats.percist import assess_scan, organ_of_lesions, percist_call
 from petcohort.pipelines.stage_track import require_baseline
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
@@ -46,7 +46,8 @@ def _organ(ctx: StageContext, key: str, name: str) -> np.ndarray | None:
 
 def _assess(ctx: StageContext, key: str, attrs: dict[str, Any], sul: np.ndarray, src: str):
     # the same labels as the track stage (same kernel, same connectivity)
-    labels, n = label(ctx.store.read_array(key, f"seg/{src}"), connectivity=ctx.config.connectivity)
+    lesions = study_lesion_labels(ctx.store, key, src, connectivity=ctx.config.connectivity)
+    labels, n = lesions.labels, lesions.n
     liver = _organ(ctx, key, "liver")
     organs = organ_of_lesions(labels, n, bone=_organ(ctx, key, "bone"), liver=liver)
     return assess_scan(sul, labels, n, spacing=[float(s) for s in attrs["spacing"]], liver=liver,
@@ -55,7 +56,8 @@ def _assess(ctx: StageContext, key: str, attrs: dict[str, Any], sul: np.ndarray,
 
 
 @register_stage("percist", requires=("track", "organs", "threshold"), needs_baseline=("organs", "threshold"),
-                applies_to="followup", params=("connectivity", "radius_mm", "percist_sphere_mm", "sources"))
+                applies_to="followup",
+                params=("quantify.connectivity", "quantify.radius_mm", "percist", "analysis.sources"))
 def percist_stage(ctx: StageContext) -> StageOutput:
     """PERCIST category per segmentation source (module docstring)."""
     base = require_baseline(ctx)
@@ -77,6 +79,6 @@ def percist_stage(ctx: StageContext) -> StageOutput:
                         "qc_flags": [], "baseline_source": bsrc}
             continue
         new = [m["followup_lesion"] for m in rec.get("matches") or [] if m.get("status") == "new"]
-        call = percist_call(bl, fu, new_lesions=new, uptake_min=uptake)
+        call = percist_call(bl, fu, new_lesions=new, uptake_min=uptake, **ctx.config.percist.call_options())
         out[src] = {**call.to_dict(), "baseline_source": bsrc}
     return StageOutput(summary={"sources": out})

@@ -8,10 +8,9 @@ the QC correlation before and after, and ``mask_source``. An implausible
 registration fails the study-stage with ``REGISTRATION_IMPLAUSIBLE`` (the
 message carries the QC), so U-Net_FU does not run on a misaligned baseline.
 
-Options (``RunConfig.extra``): ``registration_seed`` (int, default 42; recorded in the
-summary). The stage declares no config params: ``config_hash`` hashes whole
-RunConfig fields, and hashing all of ``extra`` would redo every registration
-whenever a model folder option changes.
+Options: ``registration.seed`` of the run configuration (read here through
+``RunConfig.extra["registration_seed"]``; recorded in the summary). It is the
+stage's only param, so changing an nnU-Net option never redoes a registration.
 """
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ def _seed(extra: dict[str, Any]) -> int:
     return seed
 
 
-@register_stage("register", applies_to="followup")
+@register_stage("register", applies_to="followup", params=("registration.seed",))
 def register_stage_fn(ctx: StageContext) -> StageOutput:
     """Register the patient's baseline PET onto this follow-up (see module docstring)."""
     if ctx.baseline_key is None:

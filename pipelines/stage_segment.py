@@ -7,7 +7,8 @@ writes ``seg/nnunet_bl``. ``segment_fu`` runs on follow-ups after
 registered baseline mask; writes ``seg/nnunet_fu``. Both are GPU stages; the
 model is loaded once per worker process (``engine.segment.nnunet.get_model``).
 
-Options (``RunConfig.extra``; the CLI fills them):
+Options (section ``segment`` of the run configuration, checked when it is parsed; read here
+through ``RunConfig.extra``):
 
 ``model_bl``, ``model_fu``
     trained nnU-Net model folders (``.../<Trainer>__<Plans>__3d_fullres``); unset -> ``NO_MODEL``.
@@ -82,6 +83,14 @@ def _read_fold_map(path: str) -> dict[str, int]:
     return _FOLD_MAPS[path]
 
 
+def _ct(ctx: StageContext) -> np.ndarray:
+    """The study's CT on the PET grid; a PET-only study fails here with ``NO_CT`` (nothing else does)."""
+    if not ctx.store.has_array(ctx.key, "ct"):
+        raise StageError("NO_CT", f"study {ctx.key} has no CT ({ctx.attrs.get('ct_reason') or 'none ingested'}): "
+                                  "the nnU-Net networks take a CT channel")
+    return ctx.store.read_array(ctx.key, "ct")
+
+
 def _pet(ctx: StageContext, key: str, name: str = "pet") -> np.ndarray:
     return clipped_pet(ctx.store, key, name, suv_clip=ctx.config.suv_clip)
 
@@ -98,11 +107,12 @@ def _summary(opts: dict[str, Any], mask: np.ndarray, spacing) -> dict[str, Any]:
             "tile_step": opts["tile_step"], "voxels": voxels, "volume_ml": voxels * float(np.prod(spacing)) / 1000}
 
 
-@register_stage("segment_bl", params=("suv_clip", "extra"), gpu=True)
+@register_stage("segment_bl", params=("suv.clip", "segment.model_bl", "segment.folds", "segment.fold_map",
+                                     "segment.tta", "segment.tile_step", "segment.device"), gpu=True)
 def segment_bl_stage(ctx: StageContext) -> StageOutput:
     """U-Net_BL on this study's PET (clipped SUVbw) and CT -> ``seg/nnunet_bl``."""
     opts = _options(ctx, "model_bl")
-    mask = _run(ctx, opts, [_pet(ctx, ctx.key), ctx.store.read_array(ctx.key, "ct")], BL_CHANNELS)
+    mask = _run(ctx, opts, [_pet(ctx, ctx.key), _ct(ctx)], BL_CHANNELS)
     mask = (mask > 0).astype(np.uint8)
     return StageOutput(arrays={"seg/nnunet_bl": mask}, summary=_summary(opts, mask, ctx.spacing))
 
@@ -127,17 +137,19 @@ def _baseline_mask(ctx: StageContext, reg: dict[str, Any]) -> tuple[np.ndarray, 
 
 
 @register_stage("segment_fu", requires=("register",), needs_baseline=("segment_bl",), applies_to="followup",
-                params=("suv_clip", "extra"), gpu=True)
+                params=("suv.clip", "segment.model_fu", "segment.folds", "segment.fold_map", "segment.tta",
+                        "segment.tile_step", "segment.device", "segment.fu_mask_source"), gpu=True)
 def segment_fu_stage(ctx: StageContext) -> StageOutput:
     """U-Net_FU on FU PET, FU CT, registered BL PET and BL mask -> ``seg/nnunet_fu``."""
     if ctx.baseline_key is None:
         raise StageError("NO_BASELINE", f"follow-up {ctx.key!r} has no baseline study: U-Net_FU cannot run")
     opts = _options(ctx, "model_fu")
+    ct = _ct(ctx)
     rec = ctx.store.stage_record(ctx.key, "register")
     if not rec or rec.get("status") != "committed" or not ctx.store.has_array(ctx.key, "reg/baseline_pet"):
         raise StageError("NO_REGISTRATION", f"follow-up {ctx.key!r} has no committed registration")
     bl_mask, source = _baseline_mask(ctx, rec.get("summary") or {})
-    channels = [_pet(ctx, ctx.key), ctx.store.read_array(ctx.key, "ct"), _pet(ctx, ctx.key, "reg/baseline_pet"),
+    channels = [_pet(ctx, ctx.key), ct, _pet(ctx, ctx.key, "reg/baseline_pet"),
                 (bl_mask > 0).astype(np.float32)]
     mask = (_run(ctx, opts, channels, FU_CHANNELS) > 0).astype(np.uint8)
     return StageOutput(arrays={"seg/nnunet_fu": mask},

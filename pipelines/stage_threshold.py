@@ -43,7 +43,7 @@ def _stats(mask: np.ndarray, voxel_ml: float) -> dict[str, Any]:
 
 
 @register_stage("threshold", requires=("organs",),
-                params=("threshold_fixed", "threshold_relative", "connectivity", "percist_sphere_mm"))
+                params=("threshold.fixed", "threshold.relative", "quantify.connectivity", "percist.sphere_mm"))
 def threshold_stage(ctx: StageContext) -> StageOutput:
     """Fixed, relative and PERCIST-adaptive threshold masks (see module docstring)."""
     cfg = ctx.config

@@ -5,7 +5,7 @@ For every ``seg/<src>`` of the follow-up (``config.sources`` filter as in
 baseline; for ``nnunet_fu`` the baseline's ``nnunet_bl`` when it has no
 ``nnunet_fu``: the paper segments baselines with U-Net_BL), lesions are the
 connected components at ``config.connectivity`` (the same labels as
-``quantify``) and are matched by
+``quantify``; one lesion per segment/ROI for instance masks) and are matched by
 :func:`petcohort.engine.stats.tracking.match_lesions`.
 
 Registration: when the follow-up's ``register`` stage committed (rigid ANTs
@@ -30,17 +30,14 @@ from typing import Any
 import numpy as np
 
 from petcohort.engine.errors import StageError
-from petcohort.engine.kernels.label import label
 from petcohort.engine.stats.tracking import centroids_mm, match_centroids, match_lesions, summarise
+from petcohort.pipelines.lesion_labels import study_lesion_labels
 from petcohort.pipelines.stage_quantify import study_sources
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
 
-__all__ = ["track_stage", "baseline_source", "require_baseline", "MAX_DISTANCE_MM", "OVERLAP_MIN"]
+__all__ = ["track_stage", "baseline_source", "require_baseline"]
 
-#: largest centroid distance (mm) for a distance match.
-MAX_DISTANCE_MM = 20.0
-#: smallest overlap coefficient |A n B| / min(|A|, |B|) counted as overlap.
-OVERLAP_MIN = 0.1
+# The matching distance and overlap thresholds are RunConfig.tracking (defaults: match_lesions').
 #: follow-up source -> baseline source used when the baseline lacks the same name.
 _PAIRED = {"nnunet_fu": "nnunet_bl"}
 
@@ -94,7 +91,7 @@ def _apply_registration(transform: dict[str, Any], bl_labels: np.ndarray, battrs
 
 
 @register_stage("track", requires=("threshold", "register"), needs_baseline=("threshold",), applies_to="followup",
-                params=("connectivity", "sources"))
+                params=("quantify.connectivity", "tracking", "analysis.sources"))
 def track_stage(ctx: StageContext) -> StageOutput:
     """Lesion matches (persisting/split/merged/vanished/new) per source (module docstring)."""
     base = require_baseline(ctx)
@@ -108,21 +105,25 @@ def track_stage(ctx: StageContext) -> StageOutput:
         if bsrc is None:
             skipped[src] = "NOT_ON_BASELINE"
             continue
-        fu_lab, nfu = label(ctx.store.read_array(ctx.key, f"seg/{src}"), connectivity=conn)
-        bl_lab, nbl = label(ctx.store.read_array(base, f"seg/{bsrc}"), connectivity=conn)
+        fu = study_lesion_labels(ctx.store, ctx.key, src, connectivity=conn)
+        bl = study_lesion_labels(ctx.store, base, bsrc, connectivity=conn)
+        (fu_lab, nfu), (bl_lab, nbl) = (fu.labels, fu.n), (bl.labels, bl.n)
+        del fu, bl
         if transform is not None:
             bl_reg = _apply_registration(transform, bl_lab, battrs, fu_lab.shape, ctx.attrs)
             matches = match_lesions(bl_reg, nbl, fu_lab, nfu, spacing=ctx.spacing,
-                                    max_distance_mm=MAX_DISTANCE_MM, overlap_min=OVERLAP_MIN)
+                                    max_distance_mm=ctx.config.tracking.max_distance_mm,
+                                    overlap_min=ctx.config.tracking.overlap_min)
             method = "registered"
         elif _same_grid(ctx.attrs, battrs, fu_lab.shape, bl_lab.shape):
             matches = match_lesions(bl_lab, nbl, fu_lab, nfu, spacing=ctx.spacing,
-                                    max_distance_mm=MAX_DISTANCE_MM, overlap_min=OVERLAP_MIN)
+                                    max_distance_mm=ctx.config.tracking.max_distance_mm,
+                                    overlap_min=ctx.config.tracking.overlap_min)
             method = "overlap"
         else:
             bl_c = centroids_mm(bl_lab, nbl, spacing=battrs["spacing"], origin=battrs.get("origin") or (0, 0, 0))
             fu_c = centroids_mm(fu_lab, nfu, spacing=ctx.spacing, origin=ctx.attrs.get("origin") or (0, 0, 0))
-            matches = match_centroids(bl_c, fu_c, max_distance_mm=MAX_DISTANCE_MM)
+            matches = match_centroids(bl_c, fu_c, max_distance_mm=ctx.config.tracking.max_distance_mm)
             method = "centroid"
         sources[src] = {"baseline_source": bsrc, "method": method, "n_baseline": nbl, "n_followup": nfu,
                         **summarise(matches)}

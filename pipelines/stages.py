@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 
-from petcohort.pipelines.config import RunConfig
+from petcohort.pipelines.config import ParamKeys, RunConfig, normalize_key
 
 if TYPE_CHECKING:
     from petcohort.storage.store import CohortStore
@@ -53,8 +53,9 @@ class Stage:
     requires: tuple[str, ...] = ()        # stages of the same study
     needs_baseline: tuple[str, ...] = ()  # stages of the patient's baseline study
     applies_to: AppliesTo = "all"
-    params: tuple[str, ...] = ()          # RunConfig fields read (config hash)
+    params: tuple[str, ...] = ()          # dotted RunConfig keys read ("quantify.radius_mm"), recorded
     gpu: bool = False
+    module: str = ""                      # module of the stage code (its fingerprint); "" = fn's module
 
     def applies(self, attrs: dict[str, Any]) -> bool:
         tp = int(attrs.get("timepoint", 0))
@@ -68,7 +69,7 @@ _ORDER = ("organs", "threshold", "register", "segment_bl", "segment_fu", "quanti
           "track", "percist")
 _MODULES = ("stage_organs", "stage_threshold", "stage_register", "stage_segment", "stage_quantify",
             "stage_evaluate", "stage_qc", "stage_track", "stage_percist")
-#: Stages that need a trained model folder (RunConfig.extra key). They run only
+#: Stages that need a trained model folder (``segment.<key>`` of RunConfig). They run only
 #: when that folder is configured: phantom-trained demo networks must never
 #: segment real data by default.
 MODEL_STAGES = {"segment_bl": "model_bl", "segment_fu": "model_fu"}
@@ -76,12 +77,21 @@ MODEL_STAGES = {"segment_bl": "model_bl", "segment_fu": "model_fu"}
 
 def register_stage(name: str, *, requires: tuple[str, ...] = (), needs_baseline: tuple[str, ...] = (),
                    applies_to: AppliesTo = "all", params: tuple[str, ...] = (), gpu: bool = False):
-    """Decorator registering ``fn`` as stage ``name``."""
+    """Decorator registering ``fn`` as stage ``name``.
+
+    ``params`` are the dotted configuration keys the stage reads
+    (``"quantify.radius_mm"``, or a whole section ``"percist"``; the former
+    flat names such as ``"radius_mm"`` are translated). Their resolved values
+    are recorded in each study-stage record, and a change redoes the stage.
+    An unknown key raises ``ConfigError`` ``CONFIG_UNKNOWN_FIELD`` at import.
+    """
     if applies_to not in ("all", "baseline", "followup"):
         raise ValueError(f"applies_to must be all/baseline/followup, got {applies_to!r}")
+    keys = ParamKeys(normalize_key(p) for p in params)
 
     def deco(fn: Callable[[StageContext], StageOutput]):
-        STAGES[name] = Stage(name, fn, tuple(requires), tuple(needs_baseline), applies_to, tuple(params), gpu)
+        STAGES[name] = Stage(name, fn, tuple(requires), tuple(needs_baseline), applies_to, keys, gpu,
+                             module=fn.__module__)
         return fn
 
     return deco
@@ -110,6 +120,10 @@ def stage_order(names: list[str] | None = None) -> list[str]:
     return [s for s in known if s in names]
 
 
-def default_stages(extra: dict[str, Any]) -> list[str]:
-    """Every registered stage, less the model stages whose model folder is not configured."""
+def default_stages(config: RunConfig | dict[str, Any]) -> list[str]:
+    """Every registered stage, less the model stages whose model folder is not configured.
+
+    ``config``: the RunConfig, or a dict of the former ``extra`` form (``{"model_bl": ...}``).
+    """
+    extra = config.extra if isinstance(config, RunConfig) else config
     return [s for s in stage_order() if s not in MODEL_STAGES or extra.get(MODEL_STAGES[s])]

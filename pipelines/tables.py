@@ -8,8 +8,15 @@ written to ``tables/notes.json``), never a crash.
 
 Tables (``tables/<name>.parquet`` + ``.csv``): ``studies``, ``lesions``,
 ``segmentation``, ``segmentation_paired``, ``agreement``, ``response``,
-``delong``, ``percist``, ``percist_confusion``. Definitions: METHODS.md
+``delong``, ``percist``, ``percist_confusion``, ``provenance``. Definitions: METHODS.md
 "Segmentation evaluation" and "Statistics".
+
+Provenance: ``provenance`` has one row per study-stage record (run token,
+params, code fingerprint, input hash); the per-study tables ``studies``,
+``lesions`` and ``percist`` carry ``record`` (``<stage>@<run token>``, the
+record their row comes from) and ``code_hash``; ``results.zarr`` attrs hold
+the run configuration (cohort JSON ``run_config``) and each stage's params
+and code fingerprints.
 """
 from __future__ import annotations
 
@@ -31,12 +38,17 @@ from petcohort.engine.stats.agreement import ks_normality, lins_ccc, spearman
 from petcohort.engine.stats.ranks import wilcoxon_signed_rank
 from petcohort.pipelines.tables_gather import Cohort, flatten, gather
 
-__all__ = ["TABLES", "REFERENCE", "COMPOSITES", "CohortTables", "collect", "build_outputs", "results_dataset"]
+__all__ = ["TABLES", "REFERENCE", "COMPOSITES", "TRACED", "CohortTables", "collect", "build_outputs", "results_dataset",
+           "provenance_frame", "trace_rows", "provenance_attrs"]
 
 log = logging.getLogger(__name__)
 
 TABLES = ("studies", "lesions", "segmentation", "segmentation_paired", "agreement", "response", "delong",
-          "percist", "percist_confusion")
+          "percist", "percist_confusion", "provenance")
+#: Per-study tables -> the stage whose records their rows come from.
+TRACED = {"studies": "quantify", "lesions": "quantify", "percist": "percist"}
+PROVENANCE_COLUMNS = ["study", "stage", "status", "reason", "run", "started", "code_hash", "config_hash",
+                      "input_hash", "code_version", "params"]
 REFERENCE = "manual"
 #: Response sources made of two masks (paper: U-Net_BL on baselines, U-Net_FU on follow-ups).
 COMPOSITES = {"nnunet_bl+fu": ("nnunet_bl", "nnunet_fu")}
@@ -320,6 +332,52 @@ def results_dataset(c: Cohort, studies: pd.DataFrame) -> xr.Dataset:
                                                   "description": "petcohort per-study results"})
 
 
+# -- provenance --------------------------------------------------------------------------------
+def _code_hash(rec: dict) -> str | None:
+    code = rec.get("code")
+    return code.get("digest") if isinstance(code, dict) else None
+
+
+def provenance_frame(records: dict[tuple[str, str], dict]) -> pd.DataFrame:
+    """One row per study-stage record: status, run token, code/config/input hashes, params (JSON text)."""
+    rows = [{"study": key, "stage": stage, "status": rec.get("status"), "reason": rec.get("reason"),
+             "run": rec.get("run"), "started": rec.get("started"), "code_hash": _code_hash(rec),
+             "config_hash": rec.get("config_hash"), "input_hash": rec.get("input_hash"),
+             "code_version": rec.get("code_version"),
+             "params": None if rec.get("params") is None else json.dumps(rec["params"], sort_keys=True)}
+            for (key, stage), rec in sorted(records.items())]
+    return pd.DataFrame(rows, columns=PROVENANCE_COLUMNS)
+
+
+def trace_rows(frame: pd.DataFrame, stage: str, records: dict[tuple[str, str], dict]) -> pd.DataFrame:
+    """Add ``record`` (``<stage>@<run token>``) and ``code_hash`` to a per-study frame (column ``study``)."""
+    out = frame.copy()
+    if "study" not in out.columns:
+        out["record"], out["code_hash"] = pd.Series(dtype=object), pd.Series(dtype=object)
+        return out
+    recs = [records.get((k, stage)) or {} for k in out["study"]]
+    out["record"] = [f"{stage}@{r['run']}" if r.get("run") else None for r in recs]
+    out["code_hash"] = [_code_hash(r) for r in recs]
+    return out
+
+
+def provenance_attrs(store, records: dict[tuple[str, str], dict]) -> dict[str, str]:
+    """``results.zarr`` attrs: the run configuration and, per stage, the distinct params and code digests (JSON)."""
+    params: dict[str, list] = {}
+    code: dict[str, list] = {}
+    for (_key, stage), rec in sorted(records.items()):
+        if rec.get("status") != "committed":
+            continue
+        p = rec.get("params")
+        if p is not None and p not in params.setdefault(stage, []):
+            params[stage].append(p)
+        c = _code_hash(rec)
+        if c is not None and c not in code.setdefault(stage, []):
+            code[stage].append(c)
+    return {"run_config": json.dumps(store.read_json("run_config"), sort_keys=True),
+            "stage_params": json.dumps(params, sort_keys=True), "stage_code": json.dumps(code, sort_keys=True)}
+
+
 # -- entry points ------------------------------------------------------------------------------
 def collect(store) -> CohortTables:
     """Gather every cohort table, the results Dataset and notes from ``store`` (records and attrs only)."""
@@ -336,7 +394,16 @@ def collect(store) -> CohortTables:
     frames = {"studies": studies, "lesions": lesions_frame(c), "segmentation": seg,
               "segmentation_paired": seg_paired, "agreement": agreement_frame(studies, notes),
               "response": response, "delong": delong, "percist": percist, "percist_confusion": confusion}
-    return CohortTables(frames, results_dataset(c, studies), notes)
+    records = store.stage_records()
+    for name, stage in TRACED.items():
+        frames[name] = trace_rows(frames[name], stage, records)
+    frames["provenance"] = provenance_frame(records)
+    dataset = results_dataset(c, studies)
+    dataset.attrs.update(provenance_attrs(store, records))
+    for stage in sorted(set(TRACED.values())):  # each study's values -> the record they come from ("" = none)
+        runs = [(records.get((k, stage)) or {}).get("run") for k in dataset["study"].values]
+        dataset[f"{stage}_record"] = ("study", np.array([f"{stage}@{r}" if r else "" for r in runs], dtype=object))
+    return CohortTables(frames, dataset, notes)
 
 
 def _arrow_safe(frame: pd.DataFrame) -> pd.DataFrame:

@@ -15,10 +15,12 @@ from petcohort.storage.keys import split_study_key
 if TYPE_CHECKING:
     from petcohort.storage.store import CohortStore
 
-__all__ = ["MANIFEST_COLUMNS", "manifest_frame", "manifest_summary"]
+__all__ = ["MANIFEST_COLUMNS", "WHY_COLUMNS", "manifest_frame", "manifest_summary", "why_frame"]
 
 MANIFEST_COLUMNS = ("study", "patient", "timepoint", "stage", "status", "reason", "message",
-                    "input_hash", "config_hash", "code_version", "seconds", "started")
+                    "input_hash", "config_hash", "code_version", "seconds", "started", "code_hash", "run")
+#: Columns of :func:`why_frame` (``petcohort manifest --why``).
+WHY_COLUMNS = ("study", "patient", "timepoint", "stage", "why")
 
 
 def manifest_frame(store: "CohortStore") -> pd.DataFrame:
@@ -35,7 +37,9 @@ def manifest_frame(store: "CohortStore") -> pd.DataFrame:
         Columns :data:`MANIFEST_COLUMNS`. ``patient`` and ``timepoint`` are
         parsed from the study key (``P-3fa81c02d9-T1`` -> ``P-3fa81c02d9``,
         1; None for keys of another form); ``seconds`` is wall time of the
-        stage in s; ``started`` an ISO 8601 time string.
+        stage in s; ``started`` an ISO 8601 time string; ``code_hash`` the
+        record's code fingerprint digest (None in records of earlier
+        versions); ``run`` the token of the run that wrote it.
     """
     rows = []
     for (key, stage), rec in store.stage_records().items():
@@ -43,6 +47,7 @@ def manifest_frame(store: "CohortStore") -> pd.DataFrame:
         row = {"study": key, "patient": patient, "timepoint": timepoint, "stage": stage}
         for col in MANIFEST_COLUMNS[4:]:
             row[col] = rec.get(col)
+        row["code_hash"] = (rec.get("code") or {}).get("digest") if isinstance(rec.get("code"), dict) else None
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     frame["timepoint"] = frame["timepoint"].astype("Int64")
@@ -69,3 +74,21 @@ def manifest_summary(store: "CohortStore") -> pd.DataFrame:
     counts.index.name = "stage"
     counts.columns.name = None
     return counts
+
+
+def why_frame(rows: list[dict]) -> pd.DataFrame:
+    """The stale study-stages (``[{"study", "stage", "why": [str, ...]}]``) as a frame, reasons joined by "; ".
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`WHY_COLUMNS`, in the order given.
+    """
+    out = []
+    for r in rows:
+        patient, timepoint = split_study_key(r["study"])
+        out.append({"study": r["study"], "patient": patient, "timepoint": timepoint, "stage": r["stage"],
+                    "why": "; ".join(r.get("why") or [])})
+    frame = pd.DataFrame(out, columns=list(WHY_COLUMNS))
+    frame["timepoint"] = frame["timepoint"].astype("Int64")
+    return frame
