@@ -78,13 +78,23 @@ def ingest(
     dose: Optional[float] = typer.Option(None, "--dose", help="Override injected dose (Bq)."),
     injection_time: Optional[str] = typer.Option(None, "--injection-time",
                                                  help="Override injection date-time (ISO 8601)."),
+    pet_series: Optional[str] = typer.Option(
+        None, "--pet-series", help="Regex on SeriesDescription choosing among several attenuation-corrected PET "
+        "series of a study (NAC series are never used)."),
+    ct_series: Optional[str] = typer.Option(
+        None, "--ct-series", help="Regex on SeriesDescription choosing among several CT series sharing the PET's "
+        "frame of reference."),
+    mask_label: Optional[str] = typer.Option(
+        None, "--mask-label", help="Regex on DICOM SEG SegmentLabel / RTSTRUCT ROIName selecting the lesion "
+        "segments (default: segments coded or named as lesions)."),
 ) -> None:
-    """Ingest DICOM PET/CT or NIfTI studies into a cohort store; bad studies are recorded, others go on."""
+    """Ingest DICOM PET/CT (with SEG/RTSTRUCT masks) or NIfTI studies; bad studies are recorded, others go on."""
     _setup_logging()
     from petcohort.pipelines.ingest import ingest_tree
 
     try:
-        report = ingest_tree(src, store, overrides=_overrides(weight, height, sex, dose, injection_time))
+        report = ingest_tree(src, store, overrides=_overrides(weight, height, sex, dose, injection_time),
+                             pet_series=pet_series, ct_series=ct_series, mask_label=mask_label)
     except PetCohortError as exc:
         _fail(exc)
     typer.echo(json.dumps(report, indent=2, default=str))
@@ -162,46 +172,83 @@ def _floats3(text: Optional[str], name: str) -> Optional[tuple[float, float, flo
     return values  # type: ignore[return-value]
 
 
+def _run_config(config: Optional[Path], sets: Optional[list[str]], flags: dict):
+    """The resolved RunConfig: the file, then ``--set KEY=VALUE``, then the dedicated flags (None = not given).
+
+    Every value is checked here, before any store or cluster is touched.
+    """
+    from petcohort.pipelines.config import load_config, parse_overrides
+
+    overrides = parse_overrides(sets or [])
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return load_config(config, overrides)
+
+
+_CONFIG_HELP = "Run configuration (YAML, one section per stage/method; `petcohort config show` prints one)."
+_SET_HELP = "Override one configuration key, e.g. --set quantify.radius_mm=6.0 (repeatable; wins over --config)."
+
+
 @app.command()
 def run(
     store: str = typer.Option(..., "--store", help="Cohort store path or URL."),
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP),
     cluster: Optional[Path] = typer.Option(None, "--cluster", help="cluster.yaml (default: ./cluster.yaml)."),
     stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages (default: all; the "
                                          "nnU-Net stages only with a model folder)."),
     force: bool = typer.Option(False, "--force", help="Redo committed work."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write results.zarr and tables/ here."),
-    model_bl: Optional[Path] = typer.Option(None, "--model-bl", help="Trained U-Net_BL folder (nnU-Net)."),
-    model_fu: Optional[Path] = typer.Option(None, "--model-fu", help="Trained U-Net_FU folder (nnU-Net)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write results.zarr, tables/ and run_config.yaml here."),
+    model_bl: Optional[Path] = typer.Option(None, "--model-bl", help="Trained U-Net_BL folder (segment.model_bl)."),
+    model_fu: Optional[Path] = typer.Option(None, "--model-fu", help="Trained U-Net_FU folder (segment.model_fu)."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Folds of the ensemble (default: all present)."),
     fold_map: Optional[Path] = typer.Option(None, "--fold-map",
                                             help="folds.json of export-nnunet: cross-validated predictions."),
-    tta: bool = typer.Option(True, "--tta/--no-tta", help="Test-time mirroring."),
-    tile_step: float = typer.Option(0.5, "--tile-step", help="Sliding-window step (fraction of the patch)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (nnU-Net inference)."),
-    fu_mask_source: str = typer.Option("auto", "--fu-mask-source",
-                                       help="Baseline mask for U-Net_FU: auto | manual | nnunet_bl."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Test-time mirroring (default: on)."),
+    tile_step: Optional[float] = typer.Option(None, "--tile-step",
+                                              help="Sliding-window step, fraction of the patch (default 0.5)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (nnU-Net inference; default auto)."),
+    fu_mask_source: Optional[str] = typer.Option(None, "--fu-mask-source",
+                                                 help="Baseline mask for U-Net_FU: auto | manual | nnunet_bl."),
 ) -> None:
     """Run every stage over the cohort (resumable), then the cohort statistics."""
     _setup_logging()
-    from petcohort.pipelines.config import RunConfig
-    from petcohort.pipelines.run import run_cohort
-
-    extra: dict = {"tta": tta, "tile_step": tile_step, "device": device, "fu_mask_source": fu_mask_source}
-    if model_bl is not None:
-        extra["model_bl"] = str(model_bl.resolve())
-    if model_fu is not None:
-        extra["model_fu"] = str(model_fu.resolve())
-    if folds is not None:
-        extra["folds"] = _ints(folds, "--folds")
-    if fold_map is not None:
-        extra["fold_map"] = str(fold_map.resolve())
+    flags = {"segment.model_bl": None if model_bl is None else str(model_bl),
+             "segment.model_fu": None if model_fu is None else str(model_fu),
+             "segment.folds": _ints(folds, "--folds"), "segment.fold_map": None if fold_map is None else str(fold_map),
+             "segment.tta": tta, "segment.tile_step": tile_step, "segment.device": device,
+             "segment.fu_mask_source": fu_mask_source}
     try:
-        summary = run_cohort(store, cluster_file=cluster, stages=stages.split(",") if stages else None,
-                             force=force, out=out, config=RunConfig(extra=extra))
+        cfg = _run_config(config, sets, flags)
+        names = [s for s in stages.split(",") if s] if stages else None
+        from petcohort.pipelines.run import run_cohort
+        from petcohort.pipelines.stages import stage_order
+
+        if names is not None:
+            stage_order(names)  # an unknown stage name is refused here too, before any work
+        summary = run_cohort(store, cluster_file=cluster, stages=names, force=force, out=out, config=cfg)
     except PetCohortError as exc:
         _fail(exc)
     if summary.failed:
         raise typer.Exit(1)
+
+
+config_app = typer.Typer(help="The run configuration (run.yaml).", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP),
+) -> None:
+    """Print the resolved run configuration (defaults, then the file, then --set) as YAML."""
+    from petcohort.pipelines.config import to_yaml
+
+    try:
+        cfg = _run_config(config, sets, {})
+    except PetCohortError as exc:
+        _fail(exc)
+    typer.echo(to_yaml(cfg), nl=False)
 
 
 @app.command("export-nnunet")
@@ -225,6 +272,30 @@ def export_nnunet_cmd(
     except PetCohortError as exc:
         _fail(exc)
     typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command("export-dicom")
+def export_dicom_cmd(
+    store: str = typer.Option(..., "--store", help="Cohort store path or URL."),
+    source: Path = typer.Option(..., "--source", help="The DICOM archive the store was ingested from."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <study>/<source>/seg.dcm, sr.dcm, export_report.json."),
+    sources: Optional[str] = typer.Option(None, "--sources", help="Comma-separated segmentation sources "
+                                          "(e.g. manual,nnunet_bl; default: all quantified)."),
+    pet_series: Optional[str] = typer.Option(None, "--pet-series", help="The --pet-series regex given to ingest."),
+    connectivity: int = typer.Option(26, "--connectivity", help="Lesion connectivity quantify used (6/18/26)."),
+) -> None:
+    """Write each study's lesions as DICOM SEG + SR TID 1500 referencing the source PET; skips are reported."""
+    _setup_logging()
+    from petcohort.pipelines.export_dicom import export_dicom
+    from petcohort.storage.store import CohortStore
+
+    names = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
+    try:
+        result = export_dicom(CohortStore.open(store, mode="r"), source, out, sources=names,
+                              pet_series=pet_series, connectivity=connectivity)
+    except PetCohortError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"exported": len(result["exported"]), "skipped": result["skipped"]}, indent=2))
 
 
 @app.command("train")
@@ -268,15 +339,33 @@ def train_cmd(
 def manifest(
     store: str = typer.Option(..., "--store", help="Cohort store path or URL."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    why: bool = typer.Option(False, "--why", help="List the study-stages a run would redo, and what changed."),
+    config: Optional[Path] = typer.Option(None, "--config", help="With --why: the run configuration to compare "
+                                          "against (default: every default)."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="With --why: " + _SET_HELP),
+    stages: Optional[str] = typer.Option(None, "--stages", help="With --why: comma-separated stages (default: as "
+                                         "`run`)."),
 ) -> None:
-    """Print the manifest: status of every study x stage, with reason codes."""
-    from petcohort.storage.manifest import manifest_frame
+    """Print the manifest: status of every study x stage, with reason codes (--why: what is stale and why)."""
+    from petcohort.storage.manifest import manifest_frame, why_frame
     from petcohort.storage.store import CohortStore
 
     try:
-        frame = manifest_frame(CohortStore.open(store, mode="r"))
+        opened = CohortStore.open(store, mode="r")
+        if why:
+            from petcohort.pipelines.run import stale_study_stages
+
+            rows = stale_study_stages(opened, config=_run_config(config, sets, {}),
+                                      stages=[s for s in stages.split(",") if s] if stages else None)
+            frame = why_frame(rows)
+        else:
+            frame = manifest_frame(opened)
     except PetCohortError as exc:
         _fail(exc)
+    if why and not as_json:
+        typer.echo("\n".join(f"{r.study} {r.stage}: {r.why}" for r in frame.itertuples()) if len(frame)
+                   else "every study-stage is up to date")
+        return
     typer.echo(frame.to_json(orient="records") if as_json else frame.to_string())
 
 
@@ -336,15 +425,47 @@ def demo(
     models: Optional[Path] = typer.Option(Path("models/demo"), "--models",
                                           help="Folder with the demo U-Net_BL/U-Net_FU (Dataset501_*, Dataset502_*)."),
     nnunet: bool = typer.Option(True, "--nnunet/--no-nnunet", help="Run the nnU-Net stages with --models."),
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP),
 ) -> None:
     """Synthetic cohort -> whole pipeline (with nnU-Net when the models are there) -> tables and report in OUT."""
     _setup_logging()
     from petcohort.pipelines.demo import run_demo
 
     try:
-        run_demo(out, patients=patients, seed=seed, cluster_file=cluster, models=models if nnunet else None)
+        cfg = _run_config(config, sets, {}) if config is not None or sets else None
+        run_demo(out, patients=patients, seed=seed, cluster_file=cluster, models=models if nnunet else None,
+                 config=cfg)
     except PetCohortError as exc:
         _fail(exc)
+
+
+key_app = typer.Typer(help="The pseudonym key (kept outside the store; see README, 'Pseudonym key').",
+                      no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("export")
+def key_export(
+    store: str = typer.Option(..., "--store", help="Cohort store path or URL holding pseudonym.key (older stores)."),
+    to: Optional[Path] = typer.Option(None, "--to", help="Key file to write (default: the default key file, "
+                                      "$XDG_CONFIG_HOME/petcohort/pseudonym.key)."),
+) -> None:
+    """Move a store's embedded pseudonym key into a key file (0600); the store keeps only its fingerprint."""
+    _setup_logging()
+    from petcohort.storage.keys import ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE
+    from petcohort.storage.store import CohortStore
+
+    try:
+        result = CohortStore.open(store, mode="r+").export_pseudonym_key(to)
+    except PetCohortError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result, indent=2))
+    typer.echo(f"The pseudonym key is now in {result['key_file']}: keep it private and back it up "
+               "(without it new studies get new pseudonyms).", err=True)
+    if not result["in_use"]:
+        typer.echo(f"To use this store, set {ENV_PSEUDONYM_KEY_FILE}={result['key_file']} "
+                   f"(and unset {ENV_PSEUDONYM_KEY}).", err=True)
 
 
 def main() -> None:  # pragma: no cover
