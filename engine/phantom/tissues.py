@@ -1,8 +1,10 @@
 """Tissue classes of the phantom and their FDG uptake (SUVbw) and CT numbers (HU).
 
-Values follow /work/shared/PHANTOM.md (FDG PET/CT practice, about 60 min
-after injection): the ranges are drawn per patient in :func:`draw_physiology`
-so that no two patients share a liver, heart or bladder. Organ masks written
+Values follow published FDG PET/CT practice about 60 min after injection
+(EANM FDG PET/CT guideline, Boellaard et al., EJNMMI 2015; PERCIST 1.0
+reference organs, Wahl et al., J Nucl Med 2009): the ranges are drawn per
+patient in :func:`draw_physiology` so that no two patients share a liver,
+heart or bladder. Organ masks written
 as ground truth are unions of these classes (:data:`ORGAN_CLASSES`).
 """
 from __future__ import annotations
