@@ -413,7 +413,8 @@ def rasterise_mask(obj: MaskObject, grid: PetGrid, *, label_regex: str | None = 
     ------
     DicomError
         MASK_MALFORMED, MASK_GRID_MISMATCH, MASK_OBLIQUE, MASK_OVERLAPPING_LESIONS,
-        MASK_NO_LESION_SEGMENT, MASK_EMPTY, MASK_CONTOURS_OFF_GRID.
+        MASK_NO_LESION_SEGMENT, MASK_EMPTY, MASK_CONTOURS_OFF_GRID. A SEG whose frames lie on another
+        regular grid of the frame of reference is resampled (warning ``MASK_RESAMPLED``), not refused.
     InputError
         MASK_BAD_LABEL_REGEX.
     """
@@ -426,7 +427,16 @@ def rasterise_mask(obj: MaskObject, grid: PetGrid, *, label_regex: str | None = 
                      organ_role=organ_role, segments={s.number: s for s in obj.segments})
     off_grid: set[int] = set()
     if obj.kind == "SEG":
-        _paint_seg(obj, canvas)
+        try:
+            _paint_seg(obj, canvas)
+        except DicomError as exc:
+            if exc.reason != "MASK_GRID_MISMATCH":
+                raise
+            # frames on another grid of the same frame of reference (e.g. a TotalSegmentator SEG made on the
+            # CT): sample the SEG at the PET voxel centres, as RTSTRUCT contours are sampled
+            canvas = _Canvas(grid=grid, lesion_ids=canvas.lesion_ids, organ_role=organ_role,
+                             segments=canvas.segments)
+            _paint_seg_resampled(obj, canvas, exc)
     else:
         off_grid = _paint_rtstruct(obj, canvas)
     return _finish(canvas, chosen, ignored, off_grid)
@@ -603,6 +613,47 @@ def _paint_seg(obj: MaskObject, canvas: _Canvas) -> None:
                                  f"{canvas.segments[number].describe()} lies off the PET slices")
             z, rows, cols, flip_r, flip_c = where
             canvas.paint(number, z, rows, cols, mask[::-1 if flip_r else 1, ::-1 if flip_c else 1])
+
+
+def _paint_seg_resampled(obj: MaskObject, canvas: _Canvas, mismatch: DicomError) -> None:
+    """Paint a SEG whose frames do not lie on the PET grid: nearest SEG voxel at each PET voxel centre.
+
+    The SEG's own volume geometry comes from highdicom (``get_volume``: frame
+    positions and orientation; fractional values rescaled to [0, 1], kept at
+    >= 0.5). A SEG whose frames do not form a regular volume keeps the
+    original ``MASK_GRID_MISMATCH``. Recorded as ``MASK_RESAMPLED``.
+    """
+    seg = _read_seg(obj.path)
+    grid = canvas.grid
+    wanted = [n for n in sorted(canvas.segments) if canvas.wanted(n)]
+    if not wanted:
+        return
+    try:
+        volume = seg.get_volume(segment_numbers=wanted, combine_segments=False, dtype=np.float32,
+                                rescale_fractional=True)
+    except Exception:  # irregular frames, missing positions: the exact-grid error stands
+        raise mismatch from None
+    data = np.asarray(volume.array)
+    if data.ndim == 3:
+        data = data[..., np.newaxis]
+    inverse = np.linalg.inv(np.asarray(volume.affine, dtype=np.float64))
+    nz, ny, nx = grid.shape
+    oz, oy, ox = grid.origin
+    sz, sy, sx = grid.spacing
+    yy, xx = np.meshgrid(oy + np.arange(ny) * sy, ox + np.arange(nx) * sx, indexing="ij")
+    limits = np.asarray(data.shape[:3]) - 1
+    for z in range(nz):
+        lps = np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, oz + z * sz), np.ones(xx.size)])
+        idx = np.rint((inverse @ lps)[:3]).astype(np.int64)
+        inside = np.all((idx >= 0) & (idx <= limits[:, None]), axis=0)
+        if not inside.any():
+            continue
+        for channel, number in enumerate(wanted):
+            values = np.zeros(xx.size, dtype=bool)
+            values[inside] = data[idx[0, inside], idx[1, inside], idx[2, inside], channel] >= 0.5
+            canvas.paint(number, z, slice(None), slice(None), values.reshape(ny, nx))
+    canvas.warnings.append(("MASK_RESAMPLED", "the SEG frames lie on another grid of the PET's frame of reference "
+                            f"({mismatch.message}); each PET voxel took the nearest SEG voxel at its centre"))
 
 
 # -- RTSTRUCT ----------------------------------------------------------------------------------------------

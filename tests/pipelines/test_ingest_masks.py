@@ -183,22 +183,24 @@ def test_bad_input_is_named_and_the_rest_goes_on(tmp_path):
     assert [c["description"] for c in chosen["candidates"] if c["chosen"]] == ["PET PSF"]
 
 
-def test_seg_on_another_grid_is_recorded_not_fatal(tmp_path):
+def test_seg_on_another_grid_is_resampled_and_recorded(tmp_path):
+    """A SEG drawn on a finer grid of the same frame of reference (e.g. the CT's) is sampled at PET voxel centres."""
     src = tmp_path / "src"
     ac = write_pet_series(src / "ac", _pet_volume(_lesion_masks()), SPACING, ORIGIN, patient_id="PCT-C")
-    shifted = write_pet_series(tmp_path / "grid2", np.ones((6, 16, 18)), (4.0, 2.0, 2.0), ORIGIN,
-                               patient_id="PCT-C", series_description="PET AC fine")
-    # a SEG made on a finer in-plane grid of the same frame of reference
-    assert shifted[0].FrameOfReferenceUID == ac[0].FrameOfReferenceUID
-    m = np.zeros((6, 16, 18), np.uint8)
-    m[2:4, 4:8, 4:8] = 1
-    write_seg(src / "seg.dcm", shifted, [m], ["Lesion"])
+    fine = write_pet_series(tmp_path / "grid2", np.ones((6, 32, 36)), (4.0, 2.0, 2.0), ORIGIN,
+                            patient_id="PCT-C", series_description="PET AC fine")
+    assert fine[0].FrameOfReferenceUID == ac[0].FrameOfReferenceUID
+    m = np.zeros((6, 32, 36), np.uint8)
+    m[2:4, 4:8, 4:8] = 1             # fine rows/cols 4..7 hold PET voxel centres 2 and 3 (2 x 2 mm per 4 mm)
+    write_seg(src / "seg.dcm", fine, [m], ["Lesion"])
     result = ingest_tree(src, tmp_path / "cohort.zarr")
     (key,) = result["ingested"]
     (warn,) = [w for w in result["warnings"] if w["key"] == key]
-    assert warn["reason"] == "MASK_GRID_MISMATCH"
+    assert warn["reason"] == "MASK_RESAMPLED"
     store = CohortStore.open(tmp_path / "cohort.zarr", mode="r")
-    assert not store.has_array(key, "seg/manual") and store.has_array(key, "pet")
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[2:4, 2:4, 2:4] = 1
+    np.testing.assert_array_equal(store.read_array(key, "seg/manual"), expected)
 
 
 @pytest.mark.slow

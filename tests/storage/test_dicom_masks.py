@@ -344,34 +344,40 @@ def test_empty_segment_dropped_and_all_empty_refused(study):
     assert err.value.reason == "MASK_EMPTY"
 
 
-def test_seg_on_another_grid_refused(study, tmp_path):
+def _nearest_reference(seg_mask, seg_spacing, seg_origin) -> np.ndarray:
+    """Brute force: each PET voxel centre takes the SEG voxel whose centre is nearest (per axis), or 0 outside."""
+    out = np.zeros(SHAPE, np.uint8)
+    for z in range(SHAPE[0]):
+        for y in range(SHAPE[1]):
+            for x in range(SHAPE[2]):
+                centre = (ORIGIN[0] + z * SPACING[0], ORIGIN[1] + y * SPACING[1], ORIGIN[2] + x * SPACING[2])
+                idx = [round((c - o) / s) for c, o, s in zip(centre, seg_origin, seg_spacing)]
+                if all(0 <= i < n for i, n in zip(idx, seg_mask.shape)):
+                    out[z, y, x] = seg_mask[tuple(idx)]
+    return out
+
+
+def test_seg_on_another_grid_resampled(study, tmp_path):
+    """Frames on another grid of the same frame of reference: nearest SEG voxel at each PET centre, recorded."""
     _, pet = study
-    lesions, _ = _truth()
     frame = str(pet[0].FrameOfReferenceUID)
-    other = write_pet_series(tmp_path / "fine", np.ones(SHAPE), (4.0, 2.0, 2.5), ORIGIN, frame_uid=frame,
-                             series_description="fine grid")
-    write_seg(tmp_path / "fine.dcm", other, lesions[:1], ["Lesion"])
-    obj = _header(tmp_path / "fine.dcm")
-    assert match_mask(obj, pet_series_uid=str(pet[0].SeriesInstanceUID), pet_frame_uid=frame) == "frame_of_reference"
-    with pytest.raises(DicomError, match="pixel spacing") as err:
-        rasterise_mask(obj, PetGrid.from_headers(pet))
-    assert err.value.reason == "MASK_GRID_MISMATCH"
-    # the same grid shifted by half a pixel
-    shifted = write_pet_series(tmp_path / "shift", np.ones(SHAPE), SPACING, (ORIGIN[0], ORIGIN[1] + 1.5, ORIGIN[2]),
-                               frame_uid=frame, series_description="shifted")
-    write_seg(tmp_path / "shift.dcm", shifted, lesions[:1], ["Lesion"])
-    with pytest.raises(DicomError, match="shifted") as err:
-        rasterise_mask(_header(tmp_path / "shift.dcm"), PetGrid.from_headers(pet))
-    assert err.value.reason == "MASK_GRID_MISMATCH"
-    # finer slices: two SEG frames fall on one PET slice
-    thin = write_pet_series(tmp_path / "thin", np.ones((12, *SHAPE[1:])), (2.0, *SPACING[1:]), ORIGIN,
-                            frame_uid=frame, series_description="thin")
-    box = np.zeros((12, *SHAPE[1:]), np.uint8)
-    box[2:6, 2:4, 2:4] = 1
-    write_seg(tmp_path / "thin.dcm", thin, [box], ["Lesion"])
-    with pytest.raises(DicomError, match="finer") as err:
-        rasterise_mask(_header(tmp_path / "thin.dcm"), PetGrid.from_headers(pet))
-    assert err.value.reason == "MASK_GRID_MISMATCH"
+    grid = PetGrid.from_headers(pet)
+    rng = np.random.default_rng(3)
+    cases = [("fine", (6, 20, 30), (4.0, 1.5, 1.1), ORIGIN),   # finer in-plane; 2.5/1.1 = 25/11: no centre ties
+             ("shift", SHAPE, SPACING, (ORIGIN[0], ORIGIN[1] + 1.4, ORIGIN[2] - 0.8)),     # shifted
+             ("thin", (12, *SHAPE[1:]), (2.0, *SPACING[1:]), ORIGIN)]                      # finer slices
+    for name, shape, spacing, origin in cases:
+        other = write_pet_series(tmp_path / name, np.ones(shape), spacing, origin, frame_uid=frame,
+                                 series_description=name)
+        mask = np.zeros(shape, np.uint8)
+        mask[1:-1, 2:-2, 2:-2] = rng.random((shape[0] - 2, shape[1] - 4, shape[2] - 4)) < 0.6
+        write_seg(tmp_path / f"{name}.dcm", other, [mask], ["Lesion"])
+        obj = _header(tmp_path / f"{name}.dcm")
+        assert match_mask(obj, pet_series_uid=str(pet[0].SeriesInstanceUID),
+                          pet_frame_uid=frame) == "frame_of_reference"
+        out = rasterise_mask(obj, grid)
+        assert [w[0] for w in out.warnings] == ["MASK_RESAMPLED"], name
+        np.testing.assert_array_equal(out.lesions, _nearest_reference(mask, spacing, origin), err_msg=name)
 
 
 def test_oblique_seg_and_contours_refused(study):
