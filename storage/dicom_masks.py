@@ -69,8 +69,21 @@ _ROLE_CODES: dict[str, str] = {
                                        codes.SCT.AscendingAorta, codes.SCT.AbdominalAorta,
                                        codes.SCT.AorticArch)},
 }
+# Older SEGs (e.g. dcmqi before 2019, many TCIA collections) use the retired SNOMED RT ("SRT") designators for
+# the same concepts; pydicom ships the standard's SRT <-> SCT mapping (PS3.16 Annex O), used here.
+def _srt_equivalents() -> dict[str, str]:
+    from pydicom.sr._snomed_dict import mapping  # noqa: PLC0415
+
+    sct_to_srt = mapping.get("SCT", {})
+    return {f"SRT:{sct_to_srt[key.split(':', 1)[1]]}": role for key, role in _ROLE_CODES.items()
+            if key.startswith("SCT:") and key.split(":", 1)[1] in sct_to_srt}
+
+
+_ROLE_CODES.update(_srt_equivalents())
 # "Morphologically abnormal structure" as the *category* of an otherwise unknown segment means a lesion
 _LESION_CATEGORY = _code_key(codes.SCT.MorphologicallyAbnormalStructure)
+_LESION_CATEGORIES = {_LESION_CATEGORY} | {k for k, r in _srt_equivalents().items()
+                                          if r == "lesion" and k.endswith(":M-01000")}
 
 # Text rules, applied to labels and code meanings once lower-cased with punctuation and "_" turned to spaces.
 # Lesion first: "liver metastasis" or "bone lesion" are lesions.
@@ -179,7 +192,7 @@ def _seg_segments(ds: Dataset) -> tuple[SegmentInfo, ...]:
         label = str(item.get("SegmentLabel", "") or "")
         category, _ = _first_code(item, "SegmentedPropertyCategoryCodeSequence")
         role = (_role_from_code(key, meaning) or _role_from_text(label)
-                or ("lesion" if category == _LESION_CATEGORY else "other"))
+                or ("lesion" if category in _LESION_CATEGORIES else "other"))
         out.append(SegmentInfo(number=int(item.SegmentNumber), label=label, role=role, code=key))
     return tuple(out)
 

@@ -484,3 +484,14 @@ def test_segment_info_is_frozen():
     info = SegmentInfo(number=1, label="x", role="lesion", code=None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.number = 2
+
+
+def test_retired_srt_codes_have_the_same_roles():
+    """Older SEGs code segments with SNOMED RT (SRT) designators; they map through the standard's SRT->SCT table."""
+    from petcohort.storage.dicom_masks import _role_from_code
+
+    assert _role_from_code("SRT:T-62000", "") == "liver"
+    assert _role_from_code("SRT:T-D016E", "") == "bone"
+    assert _role_from_code("SRT:T-42000", "") == "aorta"
+    assert _role_from_code("SRT:M-80006", "") == "lesion"        # Neoplasm, metastatic
+    assert _role_from_code("SRT:T-28000", "Lung") is None         # no role: not guessed
