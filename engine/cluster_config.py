@@ -1,8 +1,8 @@
 """``cluster.yaml`` -> frozen dataclasses (parsed once, closed field sets).
 
 Each kind has one frozen spec dataclass; a field not in it is refused with
-its name (``CLUSTER_UNKNOWN_FIELD``) instead of silently ignored, an unknown
-kind with ``CLUSTER_UNKNOWN_KIND``. :mod:`petcohort.engine.cluster` turns a
+its name (``CONFIG_UNKNOWN_FIELD``) instead of silently ignored, an unknown
+kind with ``BAD_VALUE`` naming the kinds. :mod:`petcohort.engine.cluster` turns a
 :class:`ClusterConfig` into a running cluster and client.
 
 Parameter names follow the upstream constructors (dask-jobqueue,
@@ -78,6 +78,13 @@ class JobqueueSpec:
     The scheduler must be reachable from the compute nodes, so it listens on
     ``scheduler_host`` / ``interface`` (dask-jobqueue's default otherwise);
     its dashboard stays on 127.0.0.1 (reach it through an SSH tunnel).
+
+    ``submit_timeout_s`` bounds each batch command (``sbatch``/``qsub``,
+    ``squeue``); ``start_timeout_s`` bounds the wait for the first worker when
+    jobs are asked for at start (``n_workers`` or ``adapt.minimum`` > 0);
+    ``null`` waits as long as the queue takes. A job the batch system refuses,
+    or one that can never start (e.g. an account the partition does not
+    allow), is reported at once, whatever the timeouts.
     """
 
     cores: int = 1
@@ -97,6 +104,8 @@ class JobqueueSpec:
     lifetime_stagger: str | None = None
     resources: tuple[tuple[str, Any], ...] = ()
     dashboard_address: str | None = "127.0.0.1:8787"
+    submit_timeout_s: float = 60.0
+    start_timeout_s: float | None = 1800.0
 
 
 @dataclass(frozen=True)
@@ -145,21 +154,21 @@ def parse_cluster_config(data: dict[str, Any] | None, *, source: str = "<dict>")
     Raises
     ------
     ConfigError
-        ``CLUSTER_UNKNOWN_KIND`` / ``CLUSTER_UNKNOWN_FIELD`` naming the kind or
-        field; ``CLUSTER_BAD_VALUE`` for a value of the wrong type or range.
+        ``CONFIG_UNKNOWN_FIELD`` naming the field; ``BAD_VALUE`` for an unknown
+        kind or a value out of range; ``BAD_TYPE`` for a value of the wrong type.
     """
     if data is not None and not isinstance(data, dict):
-        raise ConfigError("CLUSTER_BAD_VALUE", f"{source}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError("BAD_TYPE", f"{source}: expected a mapping, got {type(data).__name__}")
     data = dict(data or {})
     kind = data.pop("kind", "local")
     if kind not in KINDS:
-        raise ConfigError("CLUSTER_UNKNOWN_KIND",
+        raise ConfigError("BAD_VALUE",
                           f"{source}: kind {kind!r} is not one of {sorted(KINDS)}")
     cls = KINDS[kind]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError("CLUSTER_UNKNOWN_FIELD",
+        raise ConfigError("CONFIG_UNKNOWN_FIELD",
                           f"{source}: field(s) {unknown} not allowed for kind {kind!r}; allowed: {sorted(fields)}")
     values: dict[str, Any] = {}
     for name, value in data.items():
@@ -175,48 +184,62 @@ def _coerce(source: str, kind: str, name: str, value: Any, default: Any) -> Any:
         if value is None:
             return ()
         if not isinstance(value, dict):
-            raise ConfigError("CLUSTER_BAD_VALUE", f"{where} must be a mapping, got {value!r}")
+            raise ConfigError("BAD_TYPE", f"{where} must be a mapping, got {value!r}")
         return _freeze(value)
     if name in _LIST_FIELDS:
         if value is None:
             return None if name == "devices" else ()
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError("CLUSTER_BAD_VALUE", f"{where} must be a list, got {value!r}")
+            raise ConfigError("BAD_TYPE", f"{where} must be a list, got {value!r}")
         return tuple(value)
     if value is None:
         return None
     if isinstance(default, bool) and not isinstance(value, bool):
-        raise ConfigError("CLUSTER_BAD_VALUE", f"{where} must be true/false, got {value!r}")
+        raise ConfigError("BAD_TYPE", f"{where} must be true/false, got {value!r}")
     if isinstance(default, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
         return float(value)
     int_field = name in ("n_workers", "threads_per_worker", "cores") or (
         isinstance(default, int) and not isinstance(default, bool))
     if int_field and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ConfigError("CLUSTER_BAD_VALUE", f"{where} must be a non-negative integer, got {value!r}")
+        raise ConfigError("BAD_VALUE", f"{where} must be a non-negative integer, got {value!r}")
     return value
 
 
 def _check(source: str, kind: str, spec: Any) -> None:
     if kind == "existing":
         if (spec.address is None) == (spec.scheduler_file is None):
-            raise ConfigError("CLUSTER_BAD_VALUE",
+            raise ConfigError("BAD_VALUE",
                               f"{source}: kind 'existing' needs exactly one of address / scheduler_file")
         if spec.address is not None and "://" not in str(spec.address):
-            raise ConfigError("CLUSTER_BAD_VALUE",
+            raise ConfigError("BAD_VALUE",
                               f"{source}: existing.address must look like tcp://HOST:PORT, got {spec.address!r}")
         if not spec.timeout_s > 0:
-            raise ConfigError("CLUSTER_BAD_VALUE", f"{source}: existing.timeout_s must be > 0, got {spec.timeout_s!r}")
+            raise ConfigError("BAD_VALUE", f"{source}: existing.timeout_s must be > 0, got {spec.timeout_s!r}")
+    if kind in ("slurm", "pbs"):
+        _check_timeouts(source, kind, spec, ("submit_timeout_s", "start_timeout_s"))
     if kind in ("local", "local_cuda") and spec.threads_per_worker < 1:
-        raise ConfigError("CLUSTER_BAD_VALUE", f"{source}: {kind}.threads_per_worker must be >= 1")
+        raise ConfigError("BAD_VALUE", f"{source}: {kind}.threads_per_worker must be >= 1")
     adapt = dict(getattr(spec, "adapt", ()))
     if adapt:
         bad = sorted(set(adapt) - {"minimum", "maximum"})
         if bad:
-            raise ConfigError("CLUSTER_UNKNOWN_FIELD", f"{source}: {kind}.adapt field(s) {bad}; allowed: maximum, minimum")
+            raise ConfigError("CONFIG_UNKNOWN_FIELD", f"{source}: {kind}.adapt field(s) {bad}; allowed: maximum, minimum")
         lo, hi = adapt.get("minimum", 0), adapt.get("maximum", 1)
         if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi):
-            raise ConfigError("CLUSTER_BAD_VALUE",
+            raise ConfigError("BAD_VALUE",
                               f"{source}: {kind}.adapt needs integers 0 <= minimum <= maximum, got {adapt!r}")
+
+
+def _check_timeouts(source: str, kind: str, spec: Any, names: tuple[str, ...]) -> None:
+    """Each named timeout is a number of seconds > 0 (``start_timeout_s`` may be null: no limit)."""
+    for name in names:
+        value = getattr(spec, name)
+        if value is None and name == "start_timeout_s":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError("BAD_TYPE", f"{source}: {kind}.{name} must be a number of seconds, got {value!r}")
+        if not value > 0:
+            raise ConfigError("BAD_VALUE", f"{source}: {kind}.{name} must be > 0 seconds, got {value!r}")
 
 
 def load_cluster_config(path: str | os.PathLike | None = None) -> ClusterConfig:
@@ -225,8 +248,8 @@ def load_cluster_config(path: str | os.PathLike | None = None) -> ClusterConfig:
     Raises
     ------
     ConfigError
-        ``CLUSTER_FILE_MISSING`` when the file does not exist,
-        ``CLUSTER_BAD_YAML`` when it does not parse, and the errors of
+        ``CONFIG_FILE_MISSING`` when the file does not exist,
+        ``CONFIG_BAD_YAML`` when it does not parse, and the errors of
         :func:`parse_cluster_config`.
     """
     if path is None:
@@ -235,11 +258,11 @@ def load_cluster_config(path: str | os.PathLike | None = None) -> ClusterConfig:
 
     p = Path(path)
     if not p.is_file():
-        raise ConfigError("CLUSTER_FILE_MISSING", f"cluster file {str(p)!r} does not exist")
+        raise ConfigError("CONFIG_FILE_MISSING", f"cluster file {str(p)!r} does not exist")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError("CLUSTER_BAD_YAML", f"cluster file {str(p)!r} is not valid YAML: {exc}") from None
+        raise ConfigError("CONFIG_BAD_YAML", f"cluster file {str(p)!r} is not valid YAML: {exc}") from None
     if data is not None and not isinstance(data, dict):
-        raise ConfigError("CLUSTER_BAD_VALUE", f"cluster file {str(p)!r} must hold a mapping, got {type(data).__name__}")
+        raise ConfigError("BAD_TYPE", f"cluster file {str(p)!r} must hold a mapping, got {type(data).__name__}")
     return parse_cluster_config(data, source=p.name)

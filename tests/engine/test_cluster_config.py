@@ -38,22 +38,22 @@ def test_default_is_local_on_loopback():
 
 
 @pytest.mark.parametrize("text, reason, needle", [
-    ("kind: mesos\n", "CLUSTER_UNKNOWN_KIND", "mesos"),
-    ("kind: local\nn_worker: 2\n", "CLUSTER_UNKNOWN_FIELD", "n_worker"),
-    ("kind: slurm\nimage: x\n", "CLUSTER_UNKNOWN_FIELD", "image"),
-    ("kind: slurm\nadapt: {minimum: 1, maximal: 3}\n", "CLUSTER_UNKNOWN_FIELD", "maximal"),
-    ("kind: slurm\nadapt: {minimum: 4, maximum: 3}\n", "CLUSTER_BAD_VALUE", "minimum"),
-    ("kind: local\nn_workers: -1\n", "CLUSTER_BAD_VALUE", "n_workers"),
-    ("kind: local\nn_workers: two\n", "CLUSTER_BAD_VALUE", "n_workers"),
-    ("kind: local\nprocesses: 1\n", "CLUSTER_BAD_VALUE", "processes"),
-    ("kind: local\nresources: GPU\n", "CLUSTER_BAD_VALUE", "resources"),
-    ("kind: slurm\njob_extra: --exclusive\n", "CLUSTER_BAD_VALUE", "job_extra"),
-    ("kind: existing\n", "CLUSTER_BAD_VALUE", "exactly one"),
-    ("kind: existing\naddress: tcp://a:1\nscheduler_file: f\n", "CLUSTER_BAD_VALUE", "exactly one"),
-    ("kind: existing\naddress: 127.0.0.1\n", "CLUSTER_BAD_VALUE", "tcp://"),
-    ("kind: existing\naddress: tcp://a:1\ntimeout_s: 0\n", "CLUSTER_BAD_VALUE", "timeout_s"),
-    ("- a\n- b\n", "CLUSTER_BAD_VALUE", "mapping"),
-    ("kind: [local\n", "CLUSTER_BAD_YAML", "YAML"),
+    ("kind: mesos\n", "BAD_VALUE", "mesos"),
+    ("kind: local\nn_worker: 2\n", "CONFIG_UNKNOWN_FIELD", "n_worker"),
+    ("kind: slurm\nimage: x\n", "CONFIG_UNKNOWN_FIELD", "image"),
+    ("kind: slurm\nadapt: {minimum: 1, maximal: 3}\n", "CONFIG_UNKNOWN_FIELD", "maximal"),
+    ("kind: slurm\nadapt: {minimum: 4, maximum: 3}\n", "BAD_VALUE", "minimum"),
+    ("kind: local\nn_workers: -1\n", "BAD_VALUE", "n_workers"),
+    ("kind: local\nn_workers: two\n", "BAD_VALUE", "n_workers"),
+    ("kind: local\nprocesses: 1\n", "BAD_TYPE", "processes"),
+    ("kind: local\nresources: GPU\n", "BAD_TYPE", "resources"),
+    ("kind: slurm\njob_extra: --exclusive\n", "BAD_TYPE", "job_extra"),
+    ("kind: existing\n", "BAD_VALUE", "exactly one"),
+    ("kind: existing\naddress: tcp://a:1\nscheduler_file: f\n", "BAD_VALUE", "exactly one"),
+    ("kind: existing\naddress: 127.0.0.1\n", "BAD_VALUE", "tcp://"),
+    ("kind: existing\naddress: tcp://a:1\ntimeout_s: 0\n", "BAD_VALUE", "timeout_s"),
+    ("- a\n- b\n", "BAD_TYPE", "mapping"),
+    ("kind: [local\n", "CONFIG_BAD_YAML", "YAML"),
 ])
 def test_bad_files(tmp_path, text, reason, needle):
     p = tmp_path / "cluster.yaml"
@@ -66,7 +66,7 @@ def test_bad_files(tmp_path, text, reason, needle):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError) as exc:
         cl.load_cluster_config(tmp_path / "nope.yaml")
-    assert exc.value.reason == "CLUSTER_FILE_MISSING"
+    assert exc.value.reason == "CONFIG_FILE_MISSING"
 
 
 def test_slurm_mapping_has_lifetime_and_resources():
@@ -177,3 +177,133 @@ def test_single_thread_local_workers_get_one_malloc_arena():
     with cl.connect(one) as session:                       # a real worker process sees it at start-up
         env = session.client.run(lambda: os.environ.get("MALLOC_ARENA_MAX"))
     assert list(env.values()) == ["1"]
+
+
+# -- batch jobs: timeouts, loopback workers, and reading the queue (no SLURM needed) ----------------------------
+@pytest.mark.parametrize("text, reason, needle", [
+    ("kind: slurm\nsubmit_timeout_s: 0\n", "BAD_VALUE", "submit_timeout_s"),
+    ("kind: pbs\nstart_timeout_s: -5\n", "BAD_VALUE", "start_timeout_s"),
+    ("kind: slurm\nstart_timeout_s: soon\n", "BAD_TYPE", "start_timeout_s"),
+    ("kind: slurm\nsubmit_timeout_s: null\n", "BAD_TYPE", "submit_timeout_s"),
+])
+def test_bad_batch_timeouts(tmp_path, text, reason, needle):
+    p = tmp_path / "cluster.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        cl.load_cluster_config(p)
+    assert exc.value.reason == reason and needle in str(exc.value)
+
+
+def test_batch_timeouts_parse_and_stay_out_of_the_constructor():
+    c = cl.parse_cluster_config({"kind": "slurm", "submit_timeout_s": 20, "start_timeout_s": None})
+    assert (c.spec.submit_timeout_s, c.spec.start_timeout_s) == (20.0, None)
+    default = cl.parse_cluster_config({"kind": "slurm"}).spec
+    assert default.submit_timeout_s > 0 and default.start_timeout_s > 0  # never an unbounded wait by default
+    kw = cl.cluster_kwargs(c)[1]
+    assert "submit_timeout_s" not in kw and "start_timeout_s" not in kw
+
+
+def test_loopback_scheduler_keeps_worker_http_on_loopback():
+    local = cl.parse_cluster_config({"kind": "slurm", "scheduler_host": "127.0.0.1"})
+    assert cl.cluster_kwargs(local)[1]["worker_extra_args"][-2:] == ["--dashboard-address", "127.0.0.1:0"]
+    site = cl.parse_cluster_config({"kind": "slurm", "interface": "ib0"})
+    assert "--dashboard-address" not in cl.cluster_kwargs(site)[1]["worker_extra_args"]
+
+
+def _squeue(monkeypatch, json_out: str | None, text_out: str = "", text_rc: int = 0, text_err: str = ""):
+    """Fake squeue: ``--json`` answers ``json_out`` (None: not supported), ``-o`` answers ``text_out``."""
+    import subprocess
+
+    def run(args, timeout_s, stdin=None):
+        if "--json" in args:
+            return subprocess.CompletedProcess(args, 0 if json_out is not None else 1, json_out or "", "")
+        return subprocess.CompletedProcess(args, text_rc, text_out, text_err)
+
+    monkeypatch.setattr(cl, "_run_batch_command", run)
+
+
+def test_blocked_reason_read_from_squeue_json(monkeypatch):
+    import json
+
+    jobs = [{"job_id": 7, "job_state": "PENDING", "state_reason": "AccountNotAllowed",
+             "state_description": "Job's account not known, so it can't use this partition (p allows a)"},
+            {"job_id": 8, "job_state": ["PENDING"], "state_reason": "Resources", "state_description": ""}]
+    _squeue(monkeypatch, json.dumps({"jobs": jobs}))
+    assert cl._slurm_job_states(["7", "8"], 5)["8"] == ("PENDING", "Resources", "Resources")  # Slurm >= 23.02
+    why = cl._blocked_jobs("slurm", ["7", "8"], 5)
+    assert why.startswith("SLURM will never start") and "(p allows a)" in why
+    jobs[0]["state_reason"] = "Priority"
+    _squeue(monkeypatch, json.dumps({"jobs": jobs}))
+    assert cl._blocked_jobs("slurm", ["7", "8"], 5) is None  # waiting in the queue is not an error
+    assert cl._blocked_jobs("pbs", ["7"], 5) is None  # no queue reading for PBS: the deadline only
+
+
+def test_ended_jobs_and_the_text_fallback(monkeypatch):
+    _squeue(monkeypatch, None, "7|FAILED|NonZeroExitCode\n8|COMPLETED|None\n")
+    assert "ended (COMPLETED, FAILED)" in cl._blocked_jobs("slurm", ["7", "8"], 5)
+    _squeue(monkeypatch, None, "7|PENDING|InvalidQOS\n")
+    assert "InvalidQOS" in cl._blocked_jobs("slurm", ["7"], 5)
+    _squeue(monkeypatch, None, "", 1, "slurm_load_jobs error: Invalid job id specified")
+    assert "left the queue" in cl._blocked_jobs("slurm", ["7"], 5)
+    _squeue(monkeypatch, None, "", 1, "slurm_load_jobs error: Unable to contact slurm controller")
+    assert cl._blocked_jobs("slurm", ["7"], 5) is None  # cannot tell: keep waiting (bounded by the deadline)
+
+
+class _Job:
+    def __init__(self, job_id):
+        self.job_id = job_id
+
+
+class _FakeCluster:
+    def __init__(self, jobs, error=None):
+        self.workers = {f"w{i}": _Job(j) for i, j in enumerate(jobs)}
+        self._error = error
+
+    def _correct_state(self):
+        return None
+
+    def sync(self, func, callback_timeout=None):
+        if self._error is not None:
+            raise self._error
+
+
+class _NoWorkers:
+    def wait_for_workers(self, n, timeout):
+        raise TimeoutError(f"no worker within {timeout}")
+
+
+def test_submit_failure_names_the_batch_systems_message():
+    err = RuntimeError("Command exited with non-zero exit code.\nExit code: 1\nCommand:\nsbatch /tmp/x.sh\n"
+                       "stdout:\n\nstderr:\nsbatch: error: Batch job submission failed: Invalid account\n")
+    with pytest.raises(ClusterError) as exc:
+        cl._submit_now(_FakeCluster([None], err), 5)
+    assert exc.value.reason == "CLUSTER_SUBMIT_FAILED"
+    assert str(exc.value).endswith("Batch job submission failed: Invalid account") and "/tmp" not in str(exc.value)
+    with pytest.raises(ClusterError) as exc:
+        cl._submit_now(_FakeCluster([None], TimeoutError()), 5)
+    assert "within 5 s" in str(exc.value)
+    with pytest.raises(ClusterError) as exc:
+        cl._submit_now(_FakeCluster(["12", None]), 5)  # one submission failed in dask-jobqueue's background task
+    assert "1 of 2" in str(exc.value)
+    cl._submit_now(_FakeCluster(["12", "13"]), 5)
+
+
+def test_batch_commands_are_bounded():
+    with pytest.raises(ClusterError) as exc:
+        cl._run_batch_command(["petcohort-no-such-sbatch"], 5)
+    assert exc.value.reason == "CLUSTER_SUBMIT_FAILED" and "not on PATH" in str(exc.value)
+    with pytest.raises(ClusterError) as exc:
+        cl._run_batch_command(["sleep", "30"], 0.2)
+    assert exc.value.reason == "CLUSTER_SUBMIT_FAILED" and "0.2 s" in str(exc.value)
+
+
+def test_first_worker_wait_ends_on_a_blocked_job_or_the_deadline(monkeypatch):
+    spec = cl.parse_cluster_config({"kind": "slurm", "start_timeout_s": 0.05}).spec
+    monkeypatch.setattr(cl, "_blocked_jobs", lambda kind, ids, timeout_s: f"blocked {ids}")
+    with pytest.raises(ClusterError) as exc:
+        cl._wait_first_worker("slurm", _FakeCluster(["3"]), _NoWorkers(), spec)
+    assert exc.value.reason == "CLUSTER_JOB_BLOCKED" and "['3']" in str(exc.value)
+    monkeypatch.setattr(cl, "_blocked_jobs", lambda kind, ids, timeout_s: None)
+    with pytest.raises(ClusterError) as exc:
+        cl._wait_first_worker("slurm", _FakeCluster(["3"]), _NoWorkers(), spec)
+    assert exc.value.reason == "CLUSTER_NO_WORKERS" and "0.05 s" in str(exc.value)
