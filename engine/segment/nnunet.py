@@ -16,7 +16,11 @@ override the architecture uses) and handed to ``manual_initialization``.
 Predictions go through ``predict_single_npy_array`` (no process pools: it
 preprocesses in the calling thread), so the adapter is safe inside Dask workers.
 The loaded predictor is cached per process, keyed by folder, folds, device
-and checkpoint.
+and checkpoint. Every checkpoint is checked tensor by tensor against the
+network the plans describe (``MODEL_ARCHITECTURE_MISMATCH``), also by
+:func:`check_model`, which a run calls once before any study. Which study
+array feeds which channel is decided by name, without nnU-Net, in
+:mod:`petcohort.engine.segment.nnunet_model` (:func:`bind_model`).
 
 Sources: nnU-Net v2 ``nnunetv2/inference/predict_from_raw_data.py`` and
 ``documentation/how_to_use_nnunet.md`` ("Run inference" / Python API).
@@ -35,12 +39,22 @@ from typing import Any
 
 import numpy as np
 from petcohort.engine.errors import InputError, SegmentationError
-from petcohort.engine.segment.nnunet_model import ModelInfo, TrainPlan, load_json, read_model_info
+from petcohort.engine.segment.nnunet_model import (
+    ModelBinding,
+    ModelInfo,
+    TrainPlan,
+    bind_model,
+    load_json,
+    read_model_info,
+)
 
 __all__ = [
+    "ModelBinding",
     "ModelInfo",
     "NnUNetModel",
     "TrainPlan",
+    "bind_model",
+    "check_model",
     "clear_cache",
     "default_device",
     "get_model",
@@ -64,9 +78,9 @@ def _device(name: str):
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise SegmentationError("DEVICE_UNAVAILABLE", "device='cuda' requested but torch sees no CUDA device")
+            raise SegmentationError("NO_GPU", "device='cuda' requested but torch sees no CUDA device")
         return torch.device("cuda")
-    raise InputError("BAD_PARAMETER", f"device must be 'cpu' or 'cuda', got {name!r}")
+    raise InputError("BAD_VALUE", f"device must be 'cpu' or 'cuda', got {name!r}")
 
 
 _MALLOC_TUNED = False
@@ -107,59 +121,140 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _wanted_folds(info: ModelInfo, folds: Sequence[int | str] | None, checkpoint: str) -> tuple[str, ...]:
+    wanted = info.folds if folds is None else tuple(str(f) for f in folds)
+    missing = [f for f in wanted if f not in info.folds]
+    if missing or not wanted:
+        raise SegmentationError("MODEL_INCOMPLETE", f"folds {list(wanted)} requested, but {info.folder} has "
+                                                    f"{checkpoint} only for folds {list(info.folds)}")
+    return wanted
+
+
+def _read_checkpoint(path: str) -> dict[str, Any]:
+    """One fold's checkpoint, checked to be nnU-Net's (weights + the configuration it was trained with)."""
+    import torch
+
+    try:
+        # nnU-Net checkpoints hold plain Python objects next to the tensors, so
+        # weights_only=False as nnU-Net itself loads them: only load folders you trust.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a truncated/corrupt file
+        raise SegmentationError("MODEL_INCOMPLETE", f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "configuration" not in \
+            ckpt.get("init_args", {}):
+        raise SegmentationError("MODEL_INCOMPLETE", f"{path} is not an nnU-Net checkpoint "
+                                                    f"(network_weights / init_args.configuration missing)")
+    return ckpt
+
+
+def _build_network(folder: str, configuration: str):
+    """(network, plans manager, configuration manager, dataset.json) as plans.json describes them.
+
+    The base trainer's builder, as every trainer that keeps nnU-Net's architecture
+    uses; input channels from dataset.json, outputs from its labels.
+    """
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import (
+        determine_num_input_channels,
+    )
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    ds = load_json(os.path.join(folder, "dataset.json"), "dataset.json")
+    try:
+        plans_manager = PlansManager(load_json(os.path.join(folder, "plans.json"), "plans.json"))
+        cm = plans_manager.get_configuration(configuration)
+        n_in = determine_num_input_channels(plans_manager, cm, ds)
+        n_out = plans_manager.get_label_manager(ds).num_segmentation_heads
+        network = nnUNetTrainer.build_network_architecture(plans_manager, cm, n_in, n_out,
+                                                           enable_deep_supervision=False)
+    except SegmentationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a foreign plans.json fails in nnU-Net with many types
+        raise SegmentationError("MODEL_ARCHITECTURE_MISMATCH",
+                                f"cannot build the {configuration!r} network that plans.json describes: "
+                                f"{type(exc).__name__}: {exc}") from None
+    return network, plans_manager, cm, ds
+
+
+def _check_weights(network, ckpt: dict[str, Any], where: str) -> None:
+    """Raise ``MODEL_ARCHITECTURE_MISMATCH`` unless the checkpoint's tensors fit ``network`` key by key.
+
+    A checkpoint of a trainer that changes the architecture (e.g. a residual
+    encoder, a transformer) or trained for other channels/labels differs in
+    names or shapes; ``load_state_dict`` would fail deep inside a task.
+    """
+    want = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    have = {k: tuple(getattr(v, "shape", ())) for k, v in ckpt["network_weights"].items()}
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    shapes = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    if missing or extra or shapes:
+        first = shapes[0] if shapes else None
+        example = (f"; e.g. {first}: {list(have[first])} in the checkpoint, {list(want[first])} from the plans"
+                   if first else f"; e.g. {(missing or extra)[0]!r}")
+        raise SegmentationError(
+            "MODEL_ARCHITECTURE_MISMATCH",
+            f"{where} (trainer {ckpt.get('trainer_name')!r}) does not fit the network plans.json and "
+            f"dataset.json describe: {len(missing)} tensors missing, {len(extra)} unexpected, {len(shapes)} of "
+            f"another shape{example}. petcohort builds nnU-Net's plain architecture from the plans: trainers "
+            f"that change it are not supported")
+
+
+def check_model(folder: str | os.PathLike, *, folds: Sequence[int | str] | None = None,
+                checkpoint: str = "checkpoint_final.pth") -> ModelInfo:
+    """Check that a model folder loads, without keeping it: files, folds and every fold's architecture.
+
+    Cheaper than :func:`get_model` (no predictor; one fold in memory at a
+    time): for checking a run's models once, before any study.
+
+    Raises
+    ------
+    SegmentationError
+        ``MODEL_INCOMPLETE`` (folder, dataset.json, plans.json, a fold or its
+        checkpoint missing or unreadable), ``MODEL_ARCHITECTURE_MISMATCH`` (a
+        checkpoint that does not fit the plans' network), ``NNUNET_NOT_INSTALLED``.
+    """
+    info = read_model_info(folder, checkpoint=checkpoint)
+    network = configuration = None
+    try:
+        for f in _wanted_folds(info, folds, checkpoint):
+            where = f"fold_{f}/{checkpoint}"
+            ckpt = _read_checkpoint(os.path.join(info.folder, where))
+            if network is None or ckpt["init_args"]["configuration"] != configuration:
+                configuration = ckpt["init_args"]["configuration"]
+                network = _build_network(info.folder, configuration)[0]
+            _check_weights(network, ckpt, where)
+            del ckpt
+    except ImportError as exc:
+        raise SegmentationError("NNUNET_NOT_INSTALLED", f"cannot check the model: {exc} (install nnU-Net with "
+                                                        f"scripts/install_seg.sh)") from None
+    return info
+
+
 class NnUNetModel:
     """A loaded fold ensemble of one model folder (use :func:`get_model` to share it per process)."""
 
     def __init__(self, folder: str | os.PathLike, *, folds: Sequence[int | str] | None = None,
                  device: str = "cpu", checkpoint: str = "checkpoint_final.pth") -> None:
         self.info = read_model_info(folder, checkpoint=checkpoint)
-        wanted = self.info.folds if folds is None else tuple(str(f) for f in folds)
-        missing = [f for f in wanted if f not in self.info.folds]
-        if missing or not wanted:
-            raise SegmentationError("MODEL_INCOMPLETE", f"folds {list(wanted)} requested, but {self.info.folder} has "
-                                                        f"{checkpoint} only for folds {list(self.info.folds)}")
-        self.folds = wanted
+        self.folds = _wanted_folds(self.info, folds, checkpoint)
         self.device = device
         self._lock = threading.Lock()  # one prediction at a time: the network's weights are swapped per fold
         self._predictor = self._load(checkpoint)
 
     def _load(self, checkpoint: str):
-        import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-        from nnunetv2.utilities.label_handling.label_handling import (
-            determine_num_input_channels,
-        )
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         dev = _device(self.device)
         if dev.type == "cpu":
             _tune_malloc()
         folder = self.info.folder
-        ds = load_json(os.path.join(folder, "dataset.json"), "dataset.json")
-        plans_manager = PlansManager(load_json(os.path.join(folder, "plans.json"), "plans.json"))
-        params, first = [], None
-        for f in self.folds:
-            path = os.path.join(folder, f"fold_{f}", checkpoint)
-            try:
-                # nnU-Net checkpoints hold plain Python objects next to the tensors, so
-                # weights_only=False as nnU-Net itself loads them: only load folders you trust.
-                ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as exc:  # noqa: BLE001 - torch raises many types for a truncated/corrupt file
-                raise SegmentationError("MODEL_INCOMPLETE", f"cannot read checkpoint {path}: {exc}") from None
-            if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "configuration" not in \
-                    ckpt.get("init_args", {}):
-                raise SegmentationError("MODEL_INCOMPLETE", f"{path} is not an nnU-Net checkpoint "
-                                                            f"(network_weights / init_args.configuration missing)")
-            if first is None:
-                first = ckpt
-            params.append(ckpt["network_weights"])
+        ckpts = {f: _read_checkpoint(os.path.join(folder, f"fold_{f}", checkpoint)) for f in self.folds}
+        first = ckpts[self.folds[0]]
         configuration = first["init_args"]["configuration"]
-        cm = plans_manager.get_configuration(configuration)
-        n_in = determine_num_input_channels(plans_manager, cm, ds)
-        n_out = plans_manager.get_label_manager(ds).num_segmentation_heads
-        network = nnUNetTrainer.build_network_architecture(plans_manager, cm, n_in, n_out,
-                                                           enable_deep_supervision=False)
+        network, plans_manager, cm, ds = _build_network(folder, configuration)
+        for f, ckpt in ckpts.items():
+            _check_weights(network, ckpt, f"fold_{f}/{checkpoint}")
+        params = [ckpt["network_weights"] for ckpt in ckpts.values()]
         network.load_state_dict(params[0])
         out = io.StringIO()
         with contextlib.redirect_stdout(out):  # nnU-Net prints a note when the device is the CPU
@@ -209,10 +304,10 @@ class NnUNetModel:
         if len(spacing) != 3 or min(spacing) <= 0:
             raise InputError("BAD_GEOMETRY", f"spacing must be 3 positive mm values [z, y, x], got {spacing!r}")
         if not 0 < tile_step <= 1:
-            raise InputError("BAD_PARAMETER", f"tile_step must be in (0, 1], got {tile_step!r}")
+            raise InputError("BAD_VALUE", f"tile_step must be in (0, 1], got {tile_step!r}")
         data = np.stack([np.asarray(c, np.float32) for c in channels])
         if not np.isfinite(data).all():
-            raise InputError("NON_FINITE", "an input channel contains NaN or infinite values")
+            raise InputError("IMAGE_NOT_FINITE", "an input channel contains NaN or infinite values")
         # an empty or constant PET carries nothing to segment and z-scores to garbage (nnU-Net
         # divides by its standard deviation); CT (fixed-window normalisation) and the no-normalisation
         # baseline-mask channel may be constant (a CT crop inside soft tissue; no baseline lesion)

@@ -122,6 +122,25 @@ def test_incomplete_folders(model_folder, tmp_path):
     assert exc.value.reason == "MODEL_INCOMPLETE" and "not an nnU-Net checkpoint" in exc.value.message
 
 
+def test_check_model_and_foreign_checkpoints(model_folder, tmp_path):
+    info = nnunet.check_model(model_folder)
+    assert info.channel_names == ("PET", "CT") and nnunet.check_model(model_folder, folds=[1]).folds == ("0", "1")
+    with pytest.raises(SegmentationError) as exc:
+        nnunet.check_model(model_folder, folds=[2])
+    assert exc.value.reason == "MODEL_INCOMPLETE"
+    # a checkpoint trained for 3 channels in a folder whose dataset.json/plans describe 2
+    other = data.make_model_folder(tmp_path / "other", ("PET", "CT", "PET_BL"), folds=(0,))
+    foreign = tmp_path / "foreign" / "nnUNetTrainer__P__3d_fullres"
+    shutil.copytree(model_folder, foreign)
+    shutil.copy(os.path.join(other, "fold_0", "checkpoint_final.pth"), foreign / "fold_0" / "checkpoint_final.pth")
+    for call in (lambda: nnunet.check_model(foreign), lambda: nnunet.get_model(foreign, folds=[0])):
+        with pytest.raises(SegmentationError) as exc:
+            call()
+        assert exc.value.reason == "MODEL_ARCHITECTURE_MISMATCH" and "fold_0/checkpoint_final.pth" in exc.value.message
+        assert "4 of another shape" in exc.value.message                 # the first convolution, 4 names
+    assert nnunet.check_model(foreign, folds=[1]).folds == ("0", "1")    # fold 1 is still this network's
+
+
 def test_bad_device(model_folder):
     with pytest.raises(InputError):
         nnunet.get_model(model_folder, device="tpu")
@@ -151,7 +170,7 @@ def test_train_plan_validation():
                 {"epochs": 1.5}):
         with pytest.raises(InputError) as exc:
             nnunet.TrainPlan(**bad)
-        assert exc.value.reason == "BAD_PARAMETER"
+        assert exc.value.reason == "BAD_VALUE"
 
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "..", "models", "demo")

@@ -46,6 +46,8 @@ def _run(store, key, stage, fn, extra):
 def test_registered_with_dependencies():
     assert STAGES["register"].applies_to == "followup" and not STAGES["register"].gpu
     assert STAGES["segment_bl"].gpu and STAGES["segment_bl"].applies_to == "all"
+    for name in ("segment_bl", "segment_fu"):       # a new channel map or lesion label redoes the stage
+        assert {"segment.channel_map", "segment.lesion_label", "suv.clip"} <= set(STAGES[name].params)
     fu = STAGES["segment_fu"]
     assert fu.gpu and fu.requires == ("register",) and fu.needs_baseline == ("segment_bl",)
     assert "suv_clip" in fu.params and fu.applies_to == "followup"
@@ -66,14 +68,17 @@ def test_register_then_segment_bl_and_fu(models):
     mask = bl.arrays["seg/nnunet_bl"]
     assert mask.shape == data.SHAPE and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
     assert bl.summary["folds"] == ["0", "1"] and bl.summary["tta"] is False
+    assert bl.summary["channels"] == {"PET": "pet", "CT": "ct"} and bl.summary["lesion_label"] == "lesion"
+    assert bl.summary["suv_clip"] == 5.0                               # the run's clip, recorded
     fu = _run(store, fu_key, "segment_fu", segment_fu_stage, models)
     assert fu.arrays["seg/nnunet_fu"].shape == data.SHAPE and fu.summary["baseline_mask_source"] == "manual"
+    assert fu.summary["channels"] == {"PET": "pet", "CT": "ct", "PET_BL": "baseline_pet", "noNorm": "baseline_mask"}
     # U-Net_BL's mask as the prior when asked: mapped with the saved transform
     fu2 = segment_fu_stage(_ctx(store, fu_key, {**models, "fu_mask_source": "nnunet_bl"}))
     assert fu2.summary["baseline_mask_source"] == "nnunet_bl"
     with pytest.raises(PetCohortError) as exc:
         segment_fu_stage(_ctx(store, fu_key, {**models, "fu_mask_source": "bogus"}))
-    assert exc.value.reason == "CONFIG_BAD_VALUE"
+    assert exc.value.reason == "BAD_VALUE"
     # U-Net_BL also runs on follow-ups (the paper's comparison)
     assert "seg/nnunet_bl" in segment_bl_stage(_ctx(store, fu_key, models)).arrays
 
@@ -99,11 +104,11 @@ def test_reasons(models):
     assert exc.value.reason == "NO_REGISTRATION"
     with pytest.raises(PetCohortError) as exc:
         register_stage_fn(_ctx(store, fu_key, {"registration_seed": -1}))
-    assert exc.value.reason == "CONFIG_BAD_VALUE"
+    assert exc.value.reason == "BAD_VALUE"
     bad = dict(models, model_bl=models["model_fu"])       # a 4-channel model given as U-Net_BL
     with pytest.raises(PetCohortError) as exc:
         segment_bl_stage(_ctx(store, bl_key, bad))
-    assert exc.value.reason == "MODEL_CHANNELS_MISMATCH"
+    assert exc.value.reason == "MODEL_CHANNELS_MISMATCH" and "'PET_BL' is the baseline_pet input" in exc.value.message
     # a follow-up whose baseline is missing: register and U-Net_FU fail with NO_BASELINE, U-Net_BL runs
     orphan = data.make_store("memory://seg-orphan", patients=1, followups=1)
     ctx = StageContext(store=orphan, key=fu_key, attrs=orphan.study_attrs(fu_key),
@@ -129,4 +134,4 @@ def test_train_refuses_bad_inputs_before_running_nnunet(tmp_path):
     (ds / "splits_final.json").write_text(json.dumps([{"train": ["a"], "val": ["b"]}] * 2))
     with pytest.raises(PetCohortError) as exc:
         train(tmp_path, tmp_path / "work", dataset_id=501, folds=(0, 2))
-    assert exc.value.reason == "BAD_PARAMETER" and "0..1" in exc.value.message
+    assert exc.value.reason == "BAD_VALUE" and "0..1" in exc.value.message
