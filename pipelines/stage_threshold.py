@@ -2,10 +2,14 @@
 
 Writes ``seg/threshold_suv25`` (SUVbw >= ``threshold_fixed``),
 ``seg/threshold_41pct`` (``threshold_relative`` of each hot region's SUVmax,
-regions seeded at ``threshold_fixed``) and, when a liver mask and SUL exist,
-``seg/threshold_percist`` (SUL >= 1.5 x liver mean + 2 x liver SD, with the
-PERCIST liver reference of :func:`petcohort.engine.kernels.reference.liver_reference`,
-whose sphere is kept away from the SUV-2.5 hot spots). Brain, bladder,
+regions seeded at ``threshold_fixed``) and, when SUL and a reference region exist,
+``seg/threshold_percist`` (SUL >= the PERCIST level of the reference actually
+used, :func:`petcohort.engine.segment.threshold.percist_level`: 1.5 x liver
+mean + 2 x liver SD, or 2.0 x blood-pool mean + 2 x blood-pool SD when the
+reference of :func:`petcohort.engine.kernels.reference.liver_reference`, whose
+sphere is kept away from the SUV-2.5 hot spots, fell back to the descending
+aorta). The reference needs ``organs/liver`` or, without it, ``organs/aorta``
+(blood pool); with neither the mask is skipped with ``NO_LIVER_MASK``. Brain, bladder,
 kidneys and heart are excluded when ``organs/<name>`` masks exist (their
 physiological FDG uptake is not disease).
 """
@@ -54,25 +58,29 @@ def threshold_stage(ctx: StageContext) -> StageOutput:
     arrays = {"seg/threshold_suv25": suv25}
     summary: dict[str, Any] = {"excluded_organs": excluded, "threshold_suv25": _stats(suv25, voxel_ml)}
     factor = ctx.attrs.get("sul_per_suvbw")
-    if not ctx.store.has_array(ctx.key, "organs/liver"):
+    has_liver = ctx.store.has_array(ctx.key, "organs/liver")
+    has_aorta = ctx.store.has_array(ctx.key, "organs/aorta")
+    if not (has_liver or has_aorta):  # no region for a reference (PERCIST: liver, else blood pool)
         summary["threshold_percist_reason"] = "NO_LIVER_MASK"
     elif factor is None:
         summary["threshold_percist_reason"] = "SUL_UNAVAILABLE"
     else:
         sul = pet.astype(np.float32) * np.float32(factor)
-        liver = ctx.store.read_array(ctx.key, "organs/liver")
-        aorta = ctx.store.read_array(ctx.key, "organs/aorta") if ctx.store.has_array(ctx.key, "organs/aorta") \
-            else None
+        liver = ctx.store.read_array(ctx.key, "organs/liver") if has_liver else None
+        aorta = ctx.store.read_array(ctx.key, "organs/aorta") if has_aorta else None
         try:
             ref = liver_reference(sul, liver, spacing=ctx.spacing, lesions=suv25, aorta=aorta,
                                   diameter_mm=cfg.percist_sphere_mm)
         except PetCohortError as exc:  # no room for a reference: skip this mask, keep the others
             summary["threshold_percist_reason"] = exc.reason
         else:
-            level = threshold.percist_level(ref.mean, ref.sd)
-            percist = threshold.percist_adaptive(sul, ref.mean, ref.sd, exclude=exclude)
+            # the level rule follows the reference actually used (METHODS.md "PERCIST 1.0")
+            level = threshold.percist_level(ref.mean, ref.sd, source=ref.source)
+            percist = threshold.percist_adaptive(sul, ref.mean, ref.sd, source=ref.source, exclude=exclude)
             arrays["seg/threshold_percist"] = percist
+            a, b = threshold.PERCIST_LEVEL_FACTORS[ref.source]
             summary["threshold_percist"] = {**_stats(percist, voxel_ml), "level_sul": level,
+                                            "level_rule": f"{a:g} x {ref.source} mean + {b:g} x SD",
                                             "reference": ref.to_dict()}
         del sul, liver, aorta
     # the 41 % mask last: the SUL copy (4 bytes per voxel) and the labelling's transients are then never

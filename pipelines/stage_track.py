@@ -21,7 +21,16 @@ in LPS mm (``centroid``). The method used is recorded per source.
 Summary: ``{"sources": {src: {"baseline_source", "method", "n_baseline",
 "n_followup", "matches": [{"baseline_lesion", "followup_lesion", "status",
 "distance_mm", "iou"}], "n_new", "n_vanished", "n_persisting", "n_split",
-"n_merged"}}, "skipped": {src: reason}}``.
+"n_merged", "accuracy"}}, "skipped": {src: reason}, "accuracy_reason"}``.
+
+Accuracy against truth: when both studies hold ``truth/lesion_ids`` (the
+synthetic cohort's lesion identities, stable across timepoints), each
+source gets ``accuracy``: :meth:`~petcohort.engine.stats.tracking.TrackingAccuracy.to_dict`
+of its matches, with each lesion's truth id taken on its own scan from the
+same lesion labels the matcher used (METHODS.md "Lesion tracking accuracy";
+``status`` says ``no_followup_lesions`` / ``no_baseline_lesions``). Without
+truth on either study, ``accuracy_reason`` is ``NO_TRUTH_IDS`` and no source
+has ``accuracy``.
 """
 from __future__ import annotations
 
@@ -30,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from petcohort.engine.errors import StageError
-from petcohort.engine.stats.tracking import centroids_mm, match_centroids, match_lesions, summarise
+from petcohort.engine.stats.tracking import (centroids_mm, lesion_truth_ids, match_centroids, match_lesions,
+                                             summarise, tracking_accuracy)
 from petcohort.pipelines.lesion_labels import study_lesion_labels
 from petcohort.pipelines.stage_quantify import study_sources
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
@@ -38,6 +48,8 @@ from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
 __all__ = ["track_stage", "baseline_source", "require_baseline"]
 
 # The matching distance and overlap thresholds are RunConfig.tracking (defaults: match_lesions').
+#: Known lesion identities of a synthetic study (uint16, stable across timepoints).
+TRUTH_IDS = "truth/lesion_ids"
 #: follow-up source -> baseline source used when the baseline lacks the same name.
 _PAIRED = {"nnunet_fu": "nnunet_bl"}
 
@@ -100,6 +112,7 @@ def track_stage(ctx: StageContext) -> StageOutput:
     sources: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     transform = _registration(ctx)
+    truth = _truth_pair(ctx, base)
     for src in study_sources(ctx):
         bsrc = baseline_source(ctx, src)
         if bsrc is None:
@@ -127,4 +140,17 @@ def track_stage(ctx: StageContext) -> StageOutput:
             method = "centroid"
         sources[src] = {"baseline_source": bsrc, "method": method, "n_baseline": nbl, "n_followup": nfu,
                         **summarise(matches)}
-    return StageOutput(summary={"sources": sources, "skipped": skipped})
+        if truth is not None:  # each lesion's truth id on its own scan (no resampling of either side)
+            sources[src]["accuracy"] = tracking_accuracy(matches, lesion_truth_ids(bl_lab, nbl, truth[0]),
+                                                         lesion_truth_ids(fu_lab, nfu, truth[1])).to_dict()
+    summary: dict[str, Any] = {"sources": sources, "skipped": skipped}
+    if truth is None:
+        summary["accuracy_reason"] = "NO_TRUTH_IDS"
+    return StageOutput(summary=summary)
+
+
+def _truth_pair(ctx: StageContext, base: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``truth/lesion_ids`` of the baseline and the follow-up, or None unless both studies hold it."""
+    if not (ctx.store.has_array(base, TRUTH_IDS) and ctx.store.has_array(ctx.key, TRUTH_IDS)):
+        return None
+    return ctx.store.read_array(base, TRUTH_IDS), ctx.store.read_array(ctx.key, TRUTH_IDS)

@@ -12,8 +12,10 @@
   (6.1 for 2.5 and 41%) keeps all its seed voxels, and a low-SUVmax region
   cannot leak into the background. Limit: two lesions touching above the seed
   level share one region and one SUVmax.
-* :func:`percist_adaptive` - SUL >= 1.5 x liver mean + 2 x liver SD (PERCIST
-  1.0 measurability threshold, Wahl et al., J Nucl Med 2009).
+* :func:`percist_adaptive` - SUL >= the PERCIST 1.0 measurability level of
+  the reference actually used (Wahl et al., J Nucl Med 2009): 1.5 x liver
+  mean + 2 x liver SD, or 2.0 x blood-pool mean + 2 x blood-pool SD when the
+  reference fell back to the descending aorta (METHODS.md "PERCIST 1.0").
 
 Every function takes ``exclude=``: voxels of physiological-uptake organs
 (brain, bladder, kidneys, heart) are removed before thresholding, so they
@@ -30,7 +32,11 @@ from petcohort.engine.kernels._validate import (check_3d, check_finite, check_fr
                                                  check_same_grid)
 from petcohort.engine.kernels.label import label
 
-__all__ = ["fixed", "relative", "percist_adaptive", "percist_level"]
+__all__ = ["fixed", "relative", "percist_adaptive", "percist_level", "PERCIST_LEVEL_FACTORS"]
+
+#: (mean factor, SD factor) of the PERCIST measurability level per reference source (Wahl 2009):
+#: ``level = a * mean + b * SD``. The one table both the threshold mask and the PERCIST call use.
+PERCIST_LEVEL_FACTORS: dict[str, tuple[float, float]] = {"liver": (1.5, 2.0), "blood_pool": (2.0, 2.0)}
 
 
 def _prepare(image: Any, exclude: Any, name: str) -> tuple[Any, Any]:
@@ -103,33 +109,53 @@ def relative(pet: Any, fraction: float = 0.41, *, connectivity: int = 26, seed_l
     return out
 
 
-def percist_level(liver_mean: float, liver_sd: float) -> float:
-    """PERCIST measurability threshold ``1.5 * mean + 2 * SD`` (SUL).
+def percist_level(mean: float, sd: float, *, source: str = "liver") -> float:
+    """PERCIST measurability level (SUL) for a reference of ``source``.
 
-    Raises InputError ``BAD_VALUE`` unless mean > 0 and SD >= 0 are finite.
+    ``1.5 * mean + 2 * SD`` for the liver, ``2.0 * mean + 2 * SD`` for the
+    blood pool (:data:`PERCIST_LEVEL_FACTORS`).
+
+    Parameters
+    ----------
+    mean, sd : float, SUL
+        Reference mean (> 0) and SD (>= 0).
+    source : {"liver", "blood_pool"}
+        The reference actually used (``Reference.source``).
+
+    Raises
+    ------
+    InputError
+        ``BAD_VALUE`` unless mean > 0 and SD >= 0 are finite and ``source``
+        is known.
     """
-    mean = check_positive(liver_mean, "liver_mean")
+    if source not in PERCIST_LEVEL_FACTORS:
+        raise InputError("BAD_VALUE", f"source must be one of {sorted(PERCIST_LEVEL_FACTORS)}, got {source!r}")
+    mean = check_positive(mean, "mean")
     try:
-        sd = float(liver_sd)
+        sd = float(sd)
     except (TypeError, ValueError):
-        raise InputError("BAD_VALUE", f"liver_sd must be a number >= 0, got {liver_sd!r}") from None
+        raise InputError("BAD_VALUE", f"sd must be a number >= 0, got {sd!r}") from None
     if not (math.isfinite(sd) and sd >= 0):
-        raise InputError("BAD_VALUE", f"liver_sd must be a finite number >= 0, got {liver_sd!r}")
-    return 1.5 * mean + 2.0 * sd
+        raise InputError("BAD_VALUE", f"sd must be a finite number >= 0, got {sd!r}")
+    a, b = PERCIST_LEVEL_FACTORS[source]
+    return a * mean + b * sd
 
 
-def percist_adaptive(sul: Any, liver_mean: float, liver_sd: float, *, exclude: Any = None) -> Any:
-    """Voxels with ``sul >= 1.5 * liver_mean + 2 * liver_sd`` (outside ``exclude``).
+def percist_adaptive(sul: Any, mean: float, sd: float, *, source: str = "liver", exclude: Any = None) -> Any:
+    """Voxels with ``sul >=`` the PERCIST level of the reference (outside ``exclude``).
 
     Parameters
     ----------
     sul : (Z, Y, X) ndarray, float, SUL
-    liver_mean, liver_sd : float, SUL
-        Liver reference (PERCIST 3 cm sphere in the right lobe).
+    mean, sd : float, SUL
+        Reference statistics (PERCIST 3 cm liver sphere, or the blood pool).
+    source : {"liver", "blood_pool"}
+        Which reference ``mean``/``sd`` come from; picks the level rule
+        (:func:`percist_level`).
     exclude : (Z, Y, X) mask or None
 
     Returns
     -------
     (Z, Y, X) ndarray of uint8 (0/1)
     """
-    return fixed(sul, percist_level(liver_mean, liver_sd), exclude=exclude)
+    return fixed(sul, percist_level(mean, sd, source=source), exclude=exclude)

@@ -17,9 +17,11 @@ Per scan (:func:`assess_scan`)
       measures the hottest lesion after treatment, not necessarily the same
       lesion and not necessarily above threshold).
     * Top 5: the up-to-5 hottest measurable lesions, at most 2 per organ;
-      their SULpeak sum and TLG sum (TLG = MTV * SULmean, SUL*mL). The
-      per-organ cap applies to named organs; ``None``/``"other"`` lumps
-      distinct organs (nodes, lung, soft tissue) and is not capped.
+      their SULpeak sum and TLG sum (TLG = MTV * SULmean, SUL*mL). A lesion
+      without an organ assignment (``organ`` None, or ``"other"``: no organ
+      mask claims it, :func:`organ_of_lesions`) counts in one shared group
+      ``"unassigned"`` (METHODS.md "PERCIST 1.0"), so the cap still applies
+      to it; the call's evidence lists each top-5 lesion's group.
 
 Call (:func:`percist_call`), first rule that applies:
     1. baseline without a measurable lesion -> ``category=None``,
@@ -57,16 +59,23 @@ import numpy as np
 from petcohort.engine import backend
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import check_same_grid, check_spacing
+from petcohort.engine.kernels.lesions import lesion_organs
 from petcohort.engine.kernels.reference import Reference, liver_reference
 from petcohort.engine.kernels.sulpeak import lesion_peaks
+from petcohort.engine.segment.threshold import PERCIST_LEVEL_FACTORS
+from petcohort.engine.stats.response import delta_percent
 
 __all__ = ["LesionAssessment", "ScanAssessment", "PercistCall", "make_assessment", "assess_scan",
-           "select_top", "percist_call", "avid_new_lesions", "threshold_for", "organ_of_lesions", "CATEGORIES"]
+           "select_top", "percist_call", "avid_new_lesions", "threshold_for", "organ_of_lesions", "organ_group",
+           "CATEGORIES", "UNASSIGNED"]
 
 CATEGORIES = ("CMR", "PMR", "SMD", "PMD")
-# (mean factor, SD factor) of the measurability threshold per reference source (Wahl 2009).
-_THRESHOLD = {"liver": (1.5, 2.0), "blood_pool": (2.0, 2.0)}
-_UNCAPPED = (None, "other")
+# (mean factor, SD factor) of the measurability threshold per reference source (Wahl 2009); shared with
+# the PERCIST-adaptive threshold mask so both use the rule of the reference actually used.
+_THRESHOLD = PERCIST_LEVEL_FACTORS
+#: The shared per-organ group of lesions without an organ assignment (METHODS.md "PERCIST 1.0").
+UNASSIGNED = "unassigned"
+_NO_ORGAN = (None, "other", UNASSIGNED)
 
 
 @dataclass(frozen=True)
@@ -132,17 +141,26 @@ def threshold_for(reference: Reference) -> float:
     return a * reference.mean + b * reference.sd
 
 
+def organ_group(organ: str | None) -> str:
+    """The per-organ cap group of a lesion: its organ, or :data:`UNASSIGNED` for None / ``"other"``."""
+    return UNASSIGNED if organ in _NO_ORGAN else str(organ)
+
+
 def select_top(lesions: Sequence[LesionAssessment], *, n: int = 5, per_organ: int = 2) -> tuple[LesionAssessment, ...]:
-    """The ``n`` hottest lesions (SULpeak, ties by label), at most ``per_organ`` per named organ."""
+    """The ``n`` hottest lesions (SULpeak, ties by label), at most ``per_organ`` per organ group.
+
+    Lesions without an organ assignment share the group :data:`UNASSIGNED`
+    (:func:`organ_group`), so the cap applies to them too.
+    """
     chosen: list[LesionAssessment] = []
     per: dict[str, int] = {}
     for les in sorted(lesions, key=lambda les: (-les.sulpeak, les.label)):
         if len(chosen) == n:
             break
-        if les.organ not in _UNCAPPED:
-            if per.get(les.organ, 0) >= per_organ:  # type: ignore[arg-type]
-                continue
-            per[les.organ] = per.get(les.organ, 0) + 1  # type: ignore[index]
+        group = organ_group(les.organ)
+        if per.get(group, 0) >= per_organ:
+            continue
+        per[group] = per.get(group, 0) + 1
         chosen.append(les)
     return tuple(chosen)
 
@@ -164,23 +182,12 @@ def make_assessment(reference: Reference, lesions: Sequence[LesionAssessment]) -
 
 
 def organ_of_lesions(labels: Any, n: int, *, bone: Any = None, liver: Any = None) -> dict[int, str]:
-    """Organ of each lesion by majority of its voxels: ``bone``, ``liver`` or ``other`` (ties in that order)."""
-    labels = backend.to_numpy(labels)
-    counts = {}
-    for name, mask in (("bone", bone), ("liver", liver)):
-        if mask is None:
-            counts[name] = np.zeros(n + 1, dtype=np.int64)
-            continue
-        mask = backend.to_numpy(mask)
-        check_same_grid(labels, mask, names=("labels", name))
-        counts[name] = np.bincount(labels[mask != 0].ravel(), minlength=n + 1)[: n + 1]
-    total = np.bincount(labels.ravel(), minlength=n + 1)[: n + 1]
-    out = {}
-    for lab in range(1, n + 1):
-        other = total[lab] - counts["bone"][lab] - counts["liver"][lab]
-        votes = (("bone", counts["bone"][lab]), ("liver", counts["liver"][lab]), ("other", other))
-        out[lab] = max(votes, key=lambda kv: kv[1])[0]
-    return out
+    """Organ of each lesion by majority of its voxels: ``bone``, ``liver`` or ``other`` (ties in that order).
+
+    The rule quantify uses for the lesion ``organ``
+    (:func:`petcohort.engine.kernels.lesions.lesion_organs`), so both always agree.
+    """
+    return lesion_organs(labels, n, bone=bone, liver=liver)
 
 
 def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], liver: Any, aorta: Any = None,
@@ -237,10 +244,6 @@ def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], live
         lesions.append(LesionAssessment(i, float(peaks[i - 1].global_peak), (organ_of or {}).get(i),
                                         float(volume), float(volume * sums[i] / counts[i])))
     return make_assessment(reference, lesions)
-
-
-def _pct(new: float, old: float) -> float | None:
-    return None if old == 0 else (new - old) / old * 100.0
 
 
 def _qc(baseline: ScanAssessment, followup: ScanAssessment, uptake_min: tuple[float | None, float | None],
@@ -330,6 +333,11 @@ def percist_call(baseline: ScanAssessment, followup: ScanAssessment, *, new_lesi
         "baseline_target": bt.to_dict() if bt else None, "followup_target": ft.to_dict() if ft else None,
         "new_lesions": int(new_lesions), "new_lesion_labels": new_labels, "new_not_avid_labels": not_avid,
         "baseline_top5": [les.label for les in baseline.top5], "followup_top5": [les.label for les in fu_top],
+        # the organ group of each top-5 lesion (same order): lesions without an organ share "unassigned"
+        "baseline_top5_groups": [organ_group(les.organ) for les in baseline.top5],
+        "followup_top5_groups": [organ_group(les.organ) for les in fu_top],
+        "per_organ_cap": f"at most 2 per organ; lesions without an organ (None or 'other') share the group "
+                         f"{UNASSIGNED!r}",
         "tlg5_baseline": baseline.tlg5, "tlg5_followup": tlg5_fu,
         "sulpeak5_baseline": baseline.sulpeak5, "sulpeak5_followup": float(sum(les.sulpeak for les in fu_top)),
         "sulpeak_delta_abs": None, "sulpeak_delta_pct": None, "tlg5_delta_pct": None,
@@ -344,8 +352,8 @@ def percist_call(baseline: ScanAssessment, followup: ScanAssessment, *, new_lesi
     fu_peak = ft.sulpeak if ft is not None else None
     if fu_peak is not None:
         evidence["sulpeak_delta_abs"] = fu_peak - bt.sulpeak
-        evidence["sulpeak_delta_pct"] = _pct(fu_peak, bt.sulpeak)
-    evidence["tlg5_delta_pct"] = _pct(tlg5_fu, baseline.tlg5)
+        evidence["sulpeak_delta_pct"] = delta_percent(bt.sulpeak, fu_peak).value
+    evidence["tlg5_delta_pct"] = delta_percent(baseline.tlg5, tlg5_fu).value
     if new_lesions > 0:
         return call("PMD", "new_lesion")
     if all(les.sulpeak <= followup.reference.mean for les in followup.lesions):

@@ -27,11 +27,35 @@ Leftovers: baseline -> ``vanished``, follow-up -> ``new``.
 
 Connectivity: labels come from :func:`petcohort.engine.kernels.label.label`
 with the run's connectivity (the same everywhere, METHODS.md).
+
+Accuracy against known lesion identities (METHODS.md "Lesion tracking
+accuracy"; the synthetic cohort's ``truth/lesion_ids`` are stable across
+timepoints), :func:`lesion_truth_ids` and :func:`tracking_accuracy`:
+
+* ``T(x)``: the truth id with the largest voxel overlap in lesion ``x``, on
+  the lesion's own scan (ties: the lowest id; 0 when it overlaps no truth
+  lesion, i.e. a false-positive lesion).
+* A truth id is *present in a mask* when it is ``T`` of at least one of the
+  mask's lesions. True persisting ids: present in both the baseline and the
+  follow-up mask; truly new: present in the follow-up mask only; truly
+  vanished: in the baseline mask only. (Conditional on the segmentation: a
+  lesion the segmentation missed is not a tracking error.)
+* Predicted matches: every record pairing a baseline lesion ``a`` with a
+  follow-up lesion ``b`` (``persisting``, ``split``, ``merged``); correct when
+  ``T(a) == T(b) != 0``. Precision = correct / predicted matches. Recall =
+  true persisting ids with at least one correct match / true persisting ids
+  (counted per id, so a split lesion's two correct fragments cannot push it
+  above 1). F1 = 2 P R / (P + R).
+* New lesions: a lesion called ``new`` is correct when ``T(b)`` is truly new;
+  precision = correct / called new, recall = truly new ids with a correct
+  ``new`` call / truly new ids. Vanished: the same with baseline lesions.
+* An undefined ratio (0 / 0) is None; :func:`pool_accuracy` sums the counts
+  of several scans and recomputes the ratios (micro average).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,7 +63,9 @@ from petcohort.engine import backend
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import check_fraction, check_positive, check_same_grid, check_spacing
 
-__all__ = ["Match", "match_lesions", "match_centroids", "centroids_mm", "summarise", "STATUSES"]
+__all__ = ["Match", "match_lesions", "match_centroids", "centroids_mm", "lesion_voxels", "summarise",
+           "STATUSES",
+           "lesion_truth_ids", "TrackingAccuracy", "tracking_accuracy", "pool_accuracy", "ACCURACY_COUNTS"]
 
 STATUSES = ("persisting", "split", "merged", "vanished", "new")
 _BIG = 1e12  # cost of an inadmissible pair; such pairs are dropped after the assignment
@@ -59,6 +85,30 @@ class Match:
         return asdict(self)
 
 
+def lesion_voxels(labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Flat C-order indices of the non-zero voxels of ``labels`` and their labels.
+
+    Lesions fill a small fraction of a whole-body volume, so every per-label
+    reduction below runs on these voxels only. They keep the C order of the
+    volume, so a ``bincount`` over them accumulates each label's values in the
+    same order (same float64 rounding) as one over the whole volume.
+    """
+    flat = backend.to_numpy(labels).reshape(-1)
+    idx = np.flatnonzero(flat)
+    return idx, flat[idx]
+
+
+def _centroids(idx: np.ndarray, values: np.ndarray, shape: tuple[int, ...], n: int) -> np.ndarray:
+    """(n, 3) voxel-index centroids of labels 1..n from :func:`lesion_voxels` (NaN rows: empty labels)."""
+    counts = np.bincount(values, minlength=n + 1)[1:n + 1].astype(np.float64)
+    out = np.empty((n, 3))
+    for axis, coord in enumerate(np.unravel_index(idx, shape)):
+        sums = np.bincount(values, weights=coord, minlength=n + 1)[1:n + 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, axis] = sums / counts
+    return out
+
+
 def centroids_mm(labels: Any, n: int, *, spacing: Sequence[float],
                  origin: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
     """Centroid of each label 1..n in mm, ``origin + index * spacing`` (z, y, x).
@@ -69,15 +119,8 @@ def centroids_mm(labels: Any, n: int, *, spacing: Sequence[float],
     """
     labels = backend.to_numpy(labels)
     spacing = np.asarray(check_spacing(spacing))
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:n + 1].astype(np.float64)
-    idx = np.indices(labels.shape, sparse=True)
-    out = np.empty((n, 3))
-    for axis in range(3):
-        coord = np.broadcast_to(idx[axis], labels.shape).ravel()
-        sums = np.bincount(labels.ravel(), weights=coord, minlength=n + 1)[1:n + 1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[:, axis] = sums / counts
-    return out * spacing + np.asarray(origin, dtype=np.float64)
+    idx, values = lesion_voxels(labels)
+    return _centroids(idx, values, labels.shape, n) * spacing + np.asarray(origin, dtype=np.float64)
 
 
 def _assign(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, n_rows: int, n_cols: int) -> list[tuple[int, int]]:
@@ -191,18 +234,21 @@ def match_lesions(bl_labels: Any, nbl: int, fu_labels: Any, nfu: int, *, spacing
     bl = backend.to_numpy(bl_labels)
     fu = backend.to_numpy(fu_labels)
     check_same_grid(bl, fu, names=("bl_labels", "fu_labels"))
-    for name, lab, n in (("bl_labels", bl, nbl), ("fu_labels", fu, nfu)):
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 or (lab.size and lab.max() > n):
+    # lesion voxels only (C order): the sizes, centroids and overlaps below equal whole-volume ones exactly
+    (bl_idx, bl_v), (fu_idx, fu_v) = lesion_voxels(bl), lesion_voxels(fu)
+    for name, v, n in (("bl_labels", bl_v, nbl), ("fu_labels", fu_v, nfu)):
+        top = int(v.max()) if v.size else 0  # the volume's max whenever it exceeds n >= 0
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 or top > n:
             raise InputError("BAD_VALUE", f"{name} must hold labels 0..n with n >= 0 the label count; "
-                             f"got n={n!r}, max label {int(lab.max()) if lab.size else 0}")
-    size_b = np.bincount(bl.ravel(), minlength=nbl + 1)[1:].astype(np.float64)
-    size_f = np.bincount(fu.ravel(), minlength=nfu + 1)[1:].astype(np.float64)
-    bl_c = centroids_mm(bl, nbl, spacing=spacing)
-    fu_c = centroids_mm(fu, nfu, spacing=spacing)
+                             f"got n={n!r}, max label {max(top, 0)}")
+    size_b = np.bincount(bl_v, minlength=nbl + 1)[1:].astype(np.float64)
+    size_f = np.bincount(fu_v, minlength=nfu + 1)[1:].astype(np.float64)
+    bl_c = _centroids(bl_idx, bl_v, bl.shape, nbl) * np.asarray(spacing)
+    fu_c = _centroids(fu_idx, fu_v, fu.shape, nfu) * np.asarray(spacing)
     # Overlapping pairs only (sparse): noisy masks hold thousands of lesions,
     # and dense nbl x nfu matrices would not fit in memory.
-    both = (bl > 0) & (fu > 0)
-    codes, inter = np.unique((bl[both].astype(np.int64) - 1) * nfu + (fu[both].astype(np.int64) - 1),
+    _, in_b, in_f = np.intersect1d(bl_idx, fu_idx, assume_unique=True, return_indices=True)
+    codes, inter = np.unique((bl_v[in_b].astype(np.int64) - 1) * nfu + (fu_v[in_f].astype(np.int64) - 1),
                              return_counts=True)
     pb, pf = codes // max(nfu, 1), codes % max(nfu, 1)
     inter = inter.astype(np.float64)
@@ -244,3 +290,204 @@ def summarise(matches: Sequence[Match]) -> dict[str, Any]:
     counts = {s: sum(1 for m in matches if m.status == s) for s in STATUSES}
     return {"matches": [m.to_dict() for m in matches], "n_new": counts["new"], "n_vanished": counts["vanished"],
             "n_persisting": counts["persisting"], "n_split": counts["split"], "n_merged": counts["merged"]}
+
+
+# -- accuracy against known lesion identities (module docstring) ---------------------------------
+#: The additive counts of a :class:`TrackingAccuracy` (pooled by :func:`pool_accuracy`).
+ACCURACY_COUNTS = ("n_predicted", "n_correct", "n_true_persisting", "n_recovered",
+                   "n_called_new", "n_new_correct", "n_true_new", "n_new_found",
+                   "n_called_vanished", "n_vanished_correct", "n_true_vanished", "n_vanished_found",
+                   "n_baseline_lesions", "n_followup_lesions", "n_baseline_no_truth", "n_followup_no_truth")
+_PAIRED_STATUSES = ("persisting", "split", "merged")
+
+
+def lesion_truth_ids(labels: Any, n: int, truth_ids: Any) -> np.ndarray:
+    """The truth id of largest overlap of each lesion 1..n (ties: lowest id; 0 = none).
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) ndarray of int
+        Lesion labels 0..n of one scan.
+    n : int
+        Label count.
+    truth_ids : (Z, Y, X) ndarray of int, same grid
+        Known lesion identities (0 = no lesion).
+
+    Returns
+    -------
+    (n,) ndarray of int64
+    """
+    lab = backend.to_numpy(labels)
+    truth = backend.to_numpy(truth_ids)
+    check_same_grid(lab, truth, names=("labels", "truth_ids"))
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 or (lab.size and lab.max() > n):
+        raise InputError("BAD_VALUE", f"labels must hold 0..n with n >= 0 the label count; got n={n!r}")
+    idx, values = lesion_voxels(lab)  # lesion voxels only: the (label, truth) pairs are counted, order-free
+    hit = values > 0
+    ids = truth.reshape(-1)[idx[hit]]
+    both = ids > 0
+    pairs = np.stack([values[hit][both].astype(np.int64), ids[both].astype(np.int64)])
+    out = np.zeros(int(n), dtype=np.int64)
+    if pairs.shape[1] == 0:
+        return out
+    uniq, counts = np.unique(pairs, axis=1, return_counts=True)
+    # per label: the largest overlap first, then the lowest truth id
+    order = np.lexsort((uniq[1], -counts, uniq[0]))
+    first = np.unique(uniq[0][order], return_index=True)[1]
+    best = order[first]
+    out[uniq[0][best] - 1] = uniq[1][best]
+    return out
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return float(num) / den if den > 0 else None
+
+
+def _f1(p: float | None, r: float | None) -> float | None:
+    if p is None or r is None:
+        return None
+    return 0.0 if p + r == 0 else 2.0 * p * r / (p + r)
+
+
+@dataclass(frozen=True)
+class TrackingAccuracy:
+    """Counts (:data:`ACCURACY_COUNTS`) and ratios of lesion tracking against truth (module docstring)."""
+
+    n_predicted: int
+    n_correct: int
+    n_true_persisting: int
+    n_recovered: int
+    n_called_new: int
+    n_new_correct: int
+    n_true_new: int
+    n_new_found: int
+    n_called_vanished: int
+    n_vanished_correct: int
+    n_true_vanished: int
+    n_vanished_found: int
+    n_baseline_lesions: int
+    n_followup_lesions: int
+    n_baseline_no_truth: int
+    n_followup_no_truth: int
+
+    @property
+    def precision(self) -> float | None:
+        return _ratio(self.n_correct, self.n_predicted)
+
+    @property
+    def recall(self) -> float | None:
+        return _ratio(self.n_recovered, self.n_true_persisting)
+
+    @property
+    def f1(self) -> float | None:
+        return _f1(self.precision, self.recall)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Counts, ratios (None when 0/0) and ``status`` (``ok``, ``no_followup_lesions``, ``no_baseline_lesions``)."""
+        d: dict[str, Any] = asdict(self)
+        status = "ok"
+        if self.n_followup_lesions == 0:
+            status = "no_followup_lesions"
+        elif self.n_baseline_lesions == 0:
+            status = "no_baseline_lesions"
+        d.update(status=status, precision=self.precision, recall=self.recall, f1=self.f1,
+                 new_precision=_ratio(self.n_new_correct, self.n_called_new),
+                 new_recall=_ratio(self.n_new_found, self.n_true_new),
+                 vanished_precision=_ratio(self.n_vanished_correct, self.n_called_vanished),
+                 vanished_recall=_ratio(self.n_vanished_found, self.n_true_vanished))
+        return d
+
+
+def _field(m: Match | Mapping[str, Any], name: str) -> Any:
+    return m.get(name) if isinstance(m, Mapping) else getattr(m, name)
+
+
+def _truth_of(ids: np.ndarray, lesion: int, side: str) -> int:
+    if not 1 <= lesion <= ids.size:
+        raise InputError("BAD_VALUE", f"a match names {side} lesion {lesion}, outside 1..{ids.size}")
+    return int(ids[lesion - 1])
+
+
+def tracking_accuracy(matches: Sequence[Match | Mapping[str, Any]], bl_truth: Any, fu_truth: Any) -> TrackingAccuracy:
+    """Tracking accuracy of ``matches`` against known lesion identities (module docstring).
+
+    Parameters
+    ----------
+    matches : sequence of Match or dict
+        :func:`match_lesions` output (or its ``to_dict()`` form, as stored
+        in the ``track`` stage summary).
+    bl_truth, fu_truth : (nbl,) and (nfu,) array-like of int
+        :func:`lesion_truth_ids` of the baseline and the follow-up lesions,
+        each on its own scan's grid.
+
+    Returns
+    -------
+    TrackingAccuracy
+
+    Raises
+    ------
+    InputError
+        ``BAD_VALUE`` when a match names a lesion outside the truth arrays or
+        has an unknown status.
+    """
+    bl = np.asarray(bl_truth, dtype=np.int64).reshape(-1)
+    fu = np.asarray(fu_truth, dtype=np.int64).reshape(-1)
+    present_b, present_f = set(bl[bl > 0].tolist()), set(fu[fu > 0].tolist())
+    persisting, new, vanished = present_b & present_f, present_f - present_b, present_b - present_f
+    n_pred = n_correct = 0
+    recovered: set[int] = set()
+    called_new = called_van = 0
+    new_ok: list[int] = []
+    van_ok: list[int] = []
+    for m in matches:
+        status = _field(m, "status")
+        a, b = _field(m, "baseline_lesion"), _field(m, "followup_lesion")
+        if status in _PAIRED_STATUSES:
+            ta, tb = _truth_of(bl, int(a), "baseline"), _truth_of(fu, int(b), "follow-up")
+            n_pred += 1
+            if ta == tb != 0:
+                n_correct += 1
+                recovered.add(ta)
+        elif status == "new":
+            called_new += 1
+            t = _truth_of(fu, int(b), "follow-up")
+            if t in new:
+                new_ok.append(t)
+        elif status == "vanished":
+            called_van += 1
+            t = _truth_of(bl, int(a), "baseline")
+            if t in vanished:
+                van_ok.append(t)
+        else:
+            raise InputError("BAD_VALUE", f"unknown match status {status!r}; expected one of {STATUSES}")
+    return TrackingAccuracy(n_pred, n_correct, len(persisting), len(recovered & persisting),
+                            called_new, len(new_ok), len(new), len(set(new_ok)),
+                            called_van, len(van_ok), len(vanished), len(set(van_ok)),
+                            int(bl.size), int(fu.size), int(np.count_nonzero(bl == 0)),
+                            int(np.count_nonzero(fu == 0)))
+
+
+def pool_accuracy(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sum the :data:`ACCURACY_COUNTS` of several scans and recompute the ratios (micro average).
+
+    Parameters
+    ----------
+    items : iterable of dict
+        :meth:`TrackingAccuracy.to_dict` outputs (missing counts count 0).
+
+    Returns
+    -------
+    dict
+        The summed counts, ``n_scans`` and the ratios of
+        :meth:`TrackingAccuracy.to_dict` (without ``status``).
+    """
+    totals = dict.fromkeys(ACCURACY_COUNTS, 0)
+    n = 0
+    for item in items:
+        n += 1
+        for k in ACCURACY_COUNTS:
+            totals[k] += int(item.get(k) or 0)
+    out = TrackingAccuracy(**totals).to_dict()
+    out.pop("status")
+    out["n_scans"] = n
+    return out

@@ -6,8 +6,8 @@ import pytest
 
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels.reference import Reference
-from petcohort.engine.stats.percist import (LesionAssessment, assess_scan, make_assessment, organ_of_lesions,
-                                            percist_call, select_top, threshold_for)
+from petcohort.engine.stats.percist import (UNASSIGNED, LesionAssessment, assess_scan, make_assessment,
+                                            organ_group, organ_of_lesions, percist_call, select_top, threshold_for)
 
 LIVER = Reference(1.0, 0.1, 1000, (0, 0, 0), "liver")  # threshold 1.5 + 0.2 = 1.7
 
@@ -114,9 +114,26 @@ def test_top5_at_most_two_per_organ():
     assert [x.label for x in s.top5] == [1, 2, 4, 5, 7]
     assert s.sulpeak5 == pytest.approx(9 + 8 + 6 + 5 + 4)
     assert s.tlg5 == pytest.approx(1 + 2 + 8 + 16 + 64)
-    # "other" is not capped; a non-measurable lesion (label 9) never enters the baseline top 5
-    assert [x.label for x in select_top([les(1, 3.0, organ="other"), les(2, 2.9, organ="other"),
-                                         les(3, 2.8, organ="other")])] == [1, 2, 3]
+    # a non-measurable lesion (label 9) never enters the baseline top 5
+    assert 9 not in [x.label for x in s.top5]
+
+
+def test_lesions_without_organ_share_one_capped_group():
+    # None and "other" (no organ mask claims the lesion) are one group "unassigned", capped at 2 like an organ
+    mixed = [les(1, 3.0, organ=None), les(2, 2.9, organ="other"), les(3, 2.8, organ=None),
+             les(4, 2.7, organ="bone"), les(5, 2.6, organ="other")]
+    assert [x.label for x in select_top(mixed)] == [1, 2, 4]
+    assert [x.label for x in select_top([les(i, 5.0 - i) for i in range(1, 5)])] == [1, 2]
+    assert organ_group(None) == organ_group("other") == UNASSIGNED == "unassigned"
+    assert organ_group("liver") == "liver"
+    bl = scan(*mixed)
+    fu = scan(les(1, 2.9, organ=None), les(2, 2.8, organ=None), les(3, 2.75, organ=None))
+    c = call(bl, fu)
+    ev = c.evidence
+    assert ev["baseline_top5"] == [1, 2, 4] and ev["baseline_top5_groups"] == ["unassigned", "unassigned", "bone"]
+    assert ev["followup_top5"] == [1, 2] and ev["followup_top5_groups"] == ["unassigned", "unassigned"]
+    assert "unassigned" in ev["per_organ_cap"]
+    assert ev["tlg5_baseline"] == pytest.approx(30.0) and ev["tlg5_followup"] == pytest.approx(20.0)
 
 
 def test_qc_flags():
@@ -205,7 +222,7 @@ def test_assess_scan_blood_pool_threshold():
     labels[8:12, 6:10, 18:22] = 1
     sul[labels == 1] = 2.1
     s = assess_scan(sul, labels, 1, spacing=spacing, liver=None, aorta=aorta)
-    assert s.reference.source == "blood_pool" and s.reference.fallback_reason == "LIVER_MISSING"
+    assert s.reference.source == "blood_pool" and s.reference.fallback_reason == "NO_LIVER_MASK"
     assert s.threshold == pytest.approx(2.0)  # 2.0 x 1.0 + 2 x 0
     # brute-force SULpeak: max over lesion voxels of the mean within 6.2035 mm
     best = max(sul[(((z - a) * 2.0) ** 2 + ((y - b) * 2.0) ** 2 + ((x - c) * 2.0) ** 2) <= 6.2035 ** 2].mean()

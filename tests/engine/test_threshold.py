@@ -53,6 +53,21 @@ def test_percist():
         percist_level(2.0, -1)
 
 
+def test_percist_level_follows_the_reference_source():
+    # Wahl 2009: liver 1.5 x mean + 2 SD; blood pool 2.0 x mean + 2 SD
+    assert percist_level(2.0, 0.3, source="liver") == pytest.approx(3.6)
+    assert percist_level(2.0, 0.3, source="blood_pool") == pytest.approx(4.6)
+    sul = np.full((3, 3, 3), 3.6, np.float32)
+    sul[1, 1, 1] = 4.6
+    sul[0, 0, 0] = 4.59
+    assert percist_adaptive(sul, 2.0, 0.3).sum() == 27
+    bp = percist_adaptive(sul, 2.0, 0.3, source="blood_pool")
+    assert bp.sum() == 1 and bp[1, 1, 1] == 1
+    with pytest.raises(InputError) as err:
+        percist_level(2.0, 0.3, source="spleen")
+    assert err.value.reason == "BAD_VALUE"
+
+
 def test_errors():
     pet = _pet()
     with pytest.raises(GridError):
