@@ -1,16 +1,16 @@
 """``petcohort quantify``: biomarkers of one image and one mask, from files or a store.
 
-Inputs are NIfTI files (read with nibabel; voxel order (i, j, k) reversed to
-(Z, Y, X), spacing from the header zooms) or store references
+Inputs are NIfTI files (read by :func:`petcohort.storage.nifti.read_nifti`:
+reoriented to (Z, Y, X) LPS, spacing and origin from the affine) or store references
 ``STORE::STUDY_KEY`` (the study's ``pet``), ``STORE::STUDY_KEY::NAME`` (any
 array, e.g. ``ct`` or ``seg/manual``). Any scalar image works (CT in HU too);
-values are then in the image's unit. For NIfTI input centroids are
-``index * spacing`` (mm from voxel 0, no world frame); for store input they
-are LPS positions from the study's ``origin``.
+values are then in the image's unit. Centroids are LPS positions (mm) from
+the NIfTI affine or the study's ``origin``.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,22 +23,14 @@ __all__ = ["quantify_files", "render_text", "load_volume"]
 
 
 def _load_nifti(path: str) -> tuple[np.ndarray, dict[str, Any]]:
-    import nibabel as nib  # noqa: PLC0415
+    # The one NIfTI reader (storage.nifti.read_nifti): (Z, Y, X) LPS with the header's spacing and origin,
+    # exactly as ingest reads an autoPET folder, so a file quantified here and ingested agree.
+    from petcohort.storage.nifti import read_nifti  # noqa: PLC0415
 
-    try:
-        img = nib.load(path)
-    except FileNotFoundError:
-        raise InputError("FILE_NOT_FOUND", f"image file {path!r} does not exist") from None
-    except Exception as exc:  # nibabel raises ImageFileError and others for non-NIfTI input
-        raise InputError("NOT_NIFTI", f"{path!r} cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
-    data = np.asanyarray(img.dataobj)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError("NOT_3D", f"{path!r} must hold a 3-D volume, got shape {data.shape}")
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
-    return np.ascontiguousarray(data.T), {"spacing": zooms[::-1], "affine": np.asarray(img.affine),
-                                          "origin": None, "sul_per_suvbw": None}
+    if not Path(path).is_file():  # only the file name: a full path may name the patient
+        raise InputError("FILE_NOT_FOUND", f"image file {Path(path).name!r} does not exist")
+    data, spacing, origin = read_nifti(path)
+    return data, {"spacing": list(spacing), "origin": list(origin), "sul_per_suvbw": None}
 
 
 def _load_store(spec: str, default_name: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -52,7 +44,7 @@ def _load_store(spec: str, default_name: str) -> tuple[np.ndarray, dict[str, Any
     name = parts[2] if len(parts) == 3 else default_name
     store = CohortStore.open(url, mode="r")
     attrs = store.study_attrs(key)
-    meta = {"spacing": [float(s) for s in attrs["spacing"]], "affine": None, "origin": attrs.get("origin"),
+    meta = {"spacing": [float(s) for s in attrs["spacing"]], "origin": attrs.get("origin"),
             "sul_per_suvbw": attrs.get("sul_per_suvbw"), "key": key, "array": name}
     return store.read_array(key, name), meta
 
@@ -90,8 +82,8 @@ def quantify_files(pet: str, mask: str, *, radius_mm: float = DEFAULT_RADIUS_MM,
 
     Raises
     ------
-    GridError ``GRID_MISMATCH`` (shape, spacing or affine differ); InputError
-    (``FILE_NOT_FOUND``, ``NOT_NIFTI``, ``NOT_3D``, ``IMAGE_NOT_FINITE``, ...).
+    GridError ``GRID_MISMATCH`` (shape, spacing or origin differ); InputError
+    (``FILE_NOT_FOUND``, ``NIFTI_UNREADABLE``, ``NIFTI_NOT_3D``, ``NIFTI_OBLIQUE``, ``IMAGE_NOT_FINITE``, ...).
     """
     image, im = load_volume(pet, default_name="pet")
     seg, mm = load_volume(mask, default_name="seg/manual")
@@ -100,9 +92,10 @@ def quantify_files(pet: str, mask: str, *, radius_mm: float = DEFAULT_RADIUS_MM,
     if not np.allclose(im["spacing"], mm["spacing"], rtol=1e-4, atol=1e-4):
         raise GridError("GRID_MISMATCH", f"mask spacing {mm['spacing']} mm differs from image spacing "
                                          f"{im['spacing']} mm")
-    if im["affine"] is not None and mm["affine"] is not None and \
-            not np.allclose(im["affine"], mm["affine"], rtol=1e-4, atol=1e-3):
-        raise GridError("GRID_MISMATCH", "mask and image NIfTI affines differ (not the same voxel grid)")
+    if im["origin"] is not None and mm["origin"] is not None and \
+            not np.allclose(im["origin"], mm["origin"], rtol=1e-4, atol=1e-3):
+        raise GridError("GRID_MISMATCH", f"mask origin {mm['origin']} mm differs from image origin "
+                                         f"{im['origin']} mm (not the same voxel grid)")
     factor = sul_per_suvbw if sul_per_suvbw is not None else im.get("sul_per_suvbw")
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)

@@ -1,5 +1,11 @@
 """The self-contained HTML cohort report (paper Figs. 3-6, Tables 1-2, PERCIST, provenance).
 
+Every statistic shown comes from the cohort tables of ``pipelines/tables``
+(``tables/*.parquet``): the figures draw the table rows and quote their
+numbers, so a figure and a table cannot disagree (see ``report_data``). The
+provenance section lists the resolved run configuration and, per stage, the
+code fingerprints and parameters of the records the tables were built from.
+
 ``write_report(store_url, out_dir)`` writes one ``report.html``: inline CSS,
 images as base64 PNG ``data:`` URIs, no scripts or external links. Sections
 without data say what is missing and still render. Bounded for large cohorts:
@@ -19,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from petcohort.engine.errors import PetCohortError
 from petcohort.pipelines import figures
 from petcohort.pipelines import report_data as rd
 from petcohort.pipelines.report_html import esc, figure, page, section, table_html
@@ -95,7 +100,7 @@ def write_report(store_url: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = rd.load_tables(store, out)
-    text = render_report(store, tables, notes=rd.load_notes(out))
+    text = render_report(store, tables, notes=rd.load_notes(out), out_dir=out)
     path = out / "report.html"
     tmp = out / ".report.html.tmp"
     tmp.write_text(text, encoding="utf-8")
@@ -104,43 +109,33 @@ def write_report(store_url: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     return path
 
 
-def render_report(store, tables: dict[str, pd.DataFrame], *, notes: dict[str, list[str]] | None = None) -> str:
-    """The report HTML for an open ``store``, its cohort ``tables`` and the tables' ``notes``."""
+def render_report(store, tables: dict[str, pd.DataFrame], *, notes: dict[str, list[str]] | None = None,
+                  out_dir: str | os.PathLike | None = None) -> str:
+    """The report HTML for an open ``store``, its cohort ``tables`` and the tables' ``notes``.
+
+    ``out_dir`` (optional) is where ``run_config.yaml`` is looked for when the
+    store holds no ``run_config`` JSON.
+    """
     notes = notes or {}
     attrs = rd.study_attrs(store)
     meta = rd.study_frame(attrs)
     records = store.stage_records()
     long = rd.biomarker_long(tables.get("studies"), records)
-    auto = rd.automatic_values(long, meta) if len(long) else pd.DataFrame()
     sections = [
         ("summary", "Cohort summary", _summary(meta, records)),
         ("fig-mips", "Coronal MIPs with contours (Fig. 3, 6a)", _mips(store, meta, long)),
-        ("fig-agreement", "Automatic vs manual biomarkers (Fig. 4)", _agreement(auto)),
+        ("fig-agreement", "Automatic vs manual biomarkers (Fig. 4)", _agreement(tables)),
+        ("fig-roc", "ROC of delta biomarkers (Fig. 5)", _roc(tables)),
+        ("fig-trajectories", "Biomarker trajectories, % of baseline (Fig. 6b)", _trajectories(tables, meta)),
     ]
-    resp, undefined = (rd.response_frame(auto, meta, tables.get("percist")) if len(auto)
-                       else (pd.DataFrame(), {}))
-    srcs = ", ".join(sorted(set(auto["auto_source"].dropna()))) if len(auto) else ""
-    sections.append(("fig-roc", "ROC of delta biomarkers (Fig. 5)", _roc(resp, undefined, srcs)))
-    sections.append(("fig-trajectories", "Biomarker trajectories, % of baseline (Fig. 6b)", _trajectories(auto)))
-    for name, title in _TABLE_SECTIONS:
+    expected = set(rd.table_names())
+    table_sections = list(_TABLE_SECTIONS) + [(name, title) for name, title in rd.ACCURACY_TABLES
+                                              if name in tables or name in expected]
+    for name, title in table_sections:
         sid = f"table-{name.replace('_', '-')}"
-        frame = tables.get(name)
-        why = "; ".join(notes.get(name, []))
-        if frame is None:
-            body, missing = "", "No table: the cohort statistics have not been computed (run `petcohort tables`)."
-        elif not len(frame):
-            body, missing = "", f"The table is empty. {why}".strip()
-        else:
-            if frame.index.name is not None:
-                frame = frame.reset_index()
-            if name == "percist_confusion":
-                body = _confusion_html(frame)
-            else:
-                shown, cut = _display_frame(name, frame)
-                body = table_html(shown, table_id=name) + (f'<p class="note">{esc(cut)}</p>' if cut else "")
-            body += f'<p class="note">{esc(why)}</p>' if why else ""
-            missing = None
-        sections.append((sid, title, section(sid, title, body, missing=missing)))
+        sections.append((sid, title, _table_section(sid, title, name, tables.get(name), notes)))
+    sections.append(("provenance", "Provenance: run configuration and code fingerprints",
+                     _provenance(store, tables.get("provenance"), out_dir)))
     prov = rd.suv_provenance(attrs)
     sections.append(("table-suv-provenance", "SUV provenance per study",
                      section("table-suv-provenance", "SUV provenance per study",
@@ -148,6 +143,53 @@ def render_report(store, tables: dict[str, pd.DataFrame], *, notes: dict[str, li
                              if len(prov) else "", missing=None if len(prov) else "No studies in the store.")))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return page("petcohort cohort report", sections, generated=stamp)
+
+
+def _table_section(sid: str, title: str, name: str, frame: pd.DataFrame | None, notes: dict) -> str:
+    """One cohort table as a report section (the tables' notes say why one is empty or partial)."""
+    why = "; ".join(notes.get(name, []))
+    if frame is None:
+        return section(sid, title, "", missing="No table: the cohort statistics have not been computed "
+                                               "(run `petcohort tables`).")
+    if not len(frame):
+        return section(sid, title, "", missing=f"The table is empty. {why}".strip())
+    if frame.index.name is not None:
+        frame = frame.reset_index()
+    if name == "percist_confusion":
+        body = _confusion_html(frame)
+    else:
+        shown, cut = _display_frame(name, frame)
+        body = table_html(shown, table_id=name) + (f'<p class="note">{esc(cut)}</p>' if cut else "")
+    body += f'<p class="note">{esc(why)}</p>' if why else ""
+    return section(sid, title, body)
+
+
+def _provenance(store, provenance: pd.DataFrame | None, out_dir) -> str:
+    """The resolved run configuration and, per stage, the code fingerprints and params of its records."""
+    import yaml  # noqa: PLC0415 - PyYAML is a dependency of the run configuration
+
+    sid, title = "provenance", "Provenance: run configuration and code fingerprints"
+    cfg = rd.run_config(store, None if out_dir is None else Path(out_dir))
+    parts, missing = [], []
+    if cfg is None:
+        missing.append("No run configuration recorded (the store predates `petcohort run --config`).")
+    else:
+        text = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+        parts.append('<h3>Resolved run configuration</h3><pre data-provenance="run_config">'
+                     f"{esc(text)}</pre>")
+    stages = rd.stage_provenance(provenance)
+    if provenance is None:
+        missing.append("No provenance table (run `petcohort tables`).")
+    elif not len(stages):
+        missing.append("No stage records.")
+    else:
+        parts.append("<h3>Code fingerprints and parameters per stage</h3>"
+                     + table_html(stages, table_id="stage_provenance")
+                     + '<p class="note">One row per stage: the distinct code fingerprints (first 16 hex digits) '
+                       "and parameters of its committed records. The full digests per study-stage are in "
+                       "tables/provenance.csv and the results.zarr attrs (stage_params, stage_code); each row of "
+                       "tables/studies, lesions and percist names its record (record, code_hash).</p>")
+    return section(sid, title, "".join(parts), missing=" ".join(missing) or None)
 
 
 def _confusion_html(frame: pd.DataFrame) -> str:
@@ -252,107 +294,60 @@ def _bm_caption(long: pd.DataFrame, key: str, timepoint: int) -> str:
     return ("\n" + ", ".join(parts)) if parts else ""
 
 
-def _agreement(auto: pd.DataFrame) -> str:
-    from petcohort.engine.stats.agreement import lins_ccc, spearman
-
-    if not len(auto):
-        return section("fig-agreement", "Automatic vs manual", "", missing="No biomarker results yet "
-                       "(quantify stage / studies table missing).")
-    panels, notes, rows = [], [], []
-    for b, label in rd.BIOMARKERS:
-        if b not in auto.columns or f"{b}_manual" not in auto.columns:
-            notes.append(f"{label}: not computed")
-            continue
-        pair = auto[[b, f"{b}_manual"]].apply(pd.to_numeric, errors="coerce").dropna()
-        if len(pair) < 3:
-            notes.append(f"{label}: {len(pair)} studies with both manual and automatic values (need 3)")
-            continue
-        x, y = pair[f"{b}_manual"].to_numpy(), pair[b].to_numpy()
-        try:
-            ccc, rho = lins_ccc(x, y), spearman(x, y)
-            title = (f"{label}: Lin's CCC {ccc.ccc:.2f} [{ccc.ci_low:.2f}, {ccc.ci_high:.2f}], "
-                     f"Spearman {rho.rho:.2f} (n={len(x)})")
-            rows.append({"biomarker": label, "n": len(x), "Lin's CCC": ccc.ccc, "CCC CI low": ccc.ci_low,
-                         "CCC CI high": ccc.ci_high, "Spearman rho": rho.rho, "Spearman p": rho.p})
-        except PetCohortError as exc:
-            title = f"{label}: statistics unavailable ({exc.reason}) (n={len(x)})"
-        panels.append({"label": label, "x": x, "y": y, "title": title})
+def _agreement(tables: dict[str, pd.DataFrame]) -> str:
+    """Fig. 4: the ``agreement`` rows of the figure source (acquisitions ``all``) and their value pairs."""
+    title = "Automatic vs manual biomarkers (Fig. 4)"
+    source, panels, rows, notes = rd.agreement_panels(tables.get("agreement"), tables.get("studies"))
+    if source is None:
+        return section("fig-agreement", title, "", missing="No agreement statistics yet (agreement or studies "
+                       "table missing or empty: quantify stage or `petcohort tables` not run).")
     missing = "; ".join(notes) or None
     if not panels:
-        return section("fig-agreement", "Automatic vs manual", "", missing=missing or "No data.")
-    srcs = ", ".join(sorted(set(auto["auto_source"].dropna())))
+        return section("fig-agreement", title, "", missing=missing or "No data.")
     body = figure("agreement-scatter", figures.to_data_uri(figures.agreement_scatter(panels)),
-                  f"x: manual (ground-truth) masks, y: automatic masks ({srcs}); red line = identity.")
-    if rows:
-        body += table_html(pd.DataFrame(rows), table_id="agreement_summary")
-    return section("fig-agreement", "Automatic vs manual biomarkers (Fig. 4)", body, missing=missing)
+                  f"x: manual (ground-truth) masks, y: automatic masks ({source}); red line = identity. "
+                  "Statistics: tables/agreement.csv, acquisitions = all.")
+    body += table_html(pd.DataFrame(rows), table_id="agreement_summary")
+    return section("fig-agreement", title, body, missing=missing)
 
 
-def _roc(resp: pd.DataFrame, undefined: dict, sources: str) -> str:
-    from petcohort.engine.stats.roc import auc_ci, roc_curve, youden_cutoff
-
+def _roc(tables: dict[str, pd.DataFrame]) -> str:
+    """Fig. 5: the ``response`` rows (Table 2) of the figure source, curves through its ``deltas``."""
     title = "ROC of delta biomarkers (Fig. 5)"
-    if not len(resp):
-        return section("fig-roc", title, "", missing="No follow-up studies with a baseline and biomarkers.")
-    labelled = resp[resp["responder"].notna()]
-    if labelled["responder"].nunique() < 2:
-        return section("fig-roc", title, "", missing=f"ROC needs responders and non-responders; "
-                       f"{len(labelled)} labelled follow-ups with {labelled['responder'].nunique()} class(es).")
-    series, rows, notes = [], [], []
-    for b, label in rd.BIOMARKERS:
-        col = f"delta_{b}"
-        if col not in labelled.columns:
-            continue
-        d = labelled[[col, "responder"]].dropna()
-        if d["responder"].nunique() < 2:
-            notes.append(f"\u0394{label}: one class only after removing undefined deltas")
-            continue
-        y = d["responder"].astype(bool).to_numpy()
-        s = -d[col].astype(float).to_numpy()  # a larger decrease means response
-        try:
-            curve, ci, yj = roc_curve(y, s), auc_ci(y, s), youden_cutoff(y, s)
-        except PetCohortError as exc:
-            notes.append(f"\u0394{label}: {exc.reason}")
-            continue
-        cut = -yj.threshold
-        series.append(figures.RocSeries(
-            f"\u0394{label} AUC {ci.auc:.2f} [{ci.ci_low:.2f}, {ci.ci_high:.2f}], cutoff {cut:.0f}%",
-            curve.fpr, curve.tpr, 1.0 - yj.specificity, yj.sensitivity))
-        rows.append({"biomarker": f"\u0394{label}", "n": len(y), "AUC": ci.auc, "CI low": ci.ci_low,
-                     "CI high": ci.ci_high, "Youden cutoff (%)": cut, "sensitivity": yj.sensitivity,
-                     "specificity": yj.specificity, "undefined deltas (BL 0 or missing)": undefined.get(b, 0)})
+    response, deltas = tables.get("response"), tables.get("deltas")
+    source, series, rows, notes = rd.roc_series(response, deltas)
+    if source is None:
+        why = ("No follow-up studies with a baseline, biomarkers and responder labels."
+               if response is not None and deltas is not None
+               else "No response/deltas tables (run `petcohort tables`).")
+        return section("fig-roc", title, "", missing=why)
     if not series:
         return section("fig-roc", title, "", missing="; ".join(notes) or "No delta biomarkers.")
+    label_source = ", ".join(sorted(set(response.loc[response["source"] == source, "label_source"].astype(str))))
     body = figure("roc-curves", figures.to_data_uri(figures.roc_figure(series)),
-                  f"Deltas of the automatic-mask biomarkers ({sources}). "
-                  "Responder = PERCIST CMR/PMR (automated call on the manual masks when present, else the "
-                  "reference call truth.percist). A follow-up is called "
-                  "responder when its delta is at or below the cutoff (cutoff at a data value).")
+                  f"Deltas of the {source} biomarkers. Responder = PERCIST CMR/PMR (labels: {label_source}; "
+                  "percist:manual = the automated call on the manual masks, truth = the reference call). "
+                  "A follow-up is called responder when its delta is at or below the cutoff (cutoff at a data "
+                  "value). AUC, interval, cutoff, sensitivity and specificity: tables/response.csv.")
     body += table_html(pd.DataFrame(rows), table_id="roc_summary")
     return section("fig-roc", title, body, missing="; ".join(notes) or None)
 
 
-def _trajectories(auto: pd.DataFrame) -> str:
+def _trajectories(tables: dict[str, pd.DataFrame], meta: pd.DataFrame) -> str:
+    """Fig. 6b: % of baseline (100 + delta) per patient, from the ``deltas`` table."""
     title = "Biomarker trajectories, % of baseline (Fig. 6b)"
-    if not len(auto) or not (auto["timepoint"] > 0).any():
+    if not len(meta) or not (meta["timepoint"] > 0).any():
         return section("fig-trajectories", title, "", missing="No follow-up studies: no trajectories.")
-    patients = sorted(auto.loc[auto["timepoint"] > 0, "patient"].unique())[:MAX_TRAJECTORIES]
-    panels = []
-    for b, label in rd.BIOMARKERS:
-        if b not in auto.columns:
-            continue
-        lines = []
-        for pat in patients:
-            g = auto[auto["patient"] == pat].sort_values("timepoint")
-            base = g[g["timepoint"] == 0][b]
-            if not len(base) or base.iloc[0] in (None, 0) or pd.isna(base.iloc[0]):
-                continue
-            vals = pd.to_numeric(g[b], errors="coerce")
-            days = pd.to_numeric(g["days"], errors="coerce").fillna(g["timepoint"].astype(float))
-            lines.append((days.to_numpy(), (vals / float(base.iloc[0]) * 100.0).to_numpy()))
-        panels.append({"label": f"{label} (automatic), {len(lines)} patients", "lines": lines})
+    source, lines, n = rd.trajectory_lines(tables.get("deltas"), meta, max_patients=MAX_TRAJECTORIES)
+    if source is None:
+        return section("fig-trajectories", title, "", missing="No deltas table (run `petcohort tables`) or no "
+                                                              "follow-up with a baseline.")
+    panels = [{"label": f"{label} ({source}), {len(lines[b])} patients", "lines": lines[b]}
+              for b, label in rd.BIOMARKERS if b in lines]
     if not any(p["lines"] for p in panels):
-        return section("fig-trajectories", title, "", missing="No patient has a non-zero baseline biomarker.")
+        return section("fig-trajectories", title, "", missing="No patient has a defined delta (baseline 0 or "
+                                                              "missing).")
     body = figure("trajectories", figures.to_data_uri(figures.trajectories(panels)),
-                  f"One line per patient (at most {MAX_TRAJECTORIES}, first by sorted key); dashed line = baseline.")
+                  f"One line per patient (at most {MAX_TRAJECTORIES}, first by sorted key; {n} considered); "
+                  "% of baseline = 100 + delta from tables/deltas.csv; dashed line = baseline.")
     return section("fig-trajectories", title, body)

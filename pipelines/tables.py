@@ -8,8 +8,17 @@ written to ``tables/notes.json``), never a crash.
 
 Tables (``tables/<name>.parquet`` + ``.csv``): ``studies``, ``lesions``,
 ``segmentation``, ``segmentation_paired``, ``agreement``, ``response``,
-``delong``, ``percist``, ``percist_confusion``, ``provenance``. Definitions: METHODS.md
-"Segmentation evaluation" and "Statistics".
+``delong``, ``deltas``, ``percist``, ``percist_confusion``, ``provenance``. Definitions: METHODS.md
+"Segmentation evaluation" and "Statistics". ``deltas`` holds the per-follow-up delta biomarkers and
+responder labels that ``response`` and ``delong`` were computed from (the report draws its ROC curves
+and trajectories from it, so a figure never recomputes a number).
+
+Accuracy against the synthetic truth: ``percist_accuracy`` and
+``percist_accuracy_confusion`` (automated calls vs each follow-up's designed
+response, ``truth.designed_response``; ``percist_confusion`` compares with
+``truth.percist``, the same rules on clean images: a consistency check) and
+``tracking_accuracy`` (lesion matches vs the phantom's stable lesion ids).
+Definitions: METHODS.md "PERCIST 1.0" and "Lesion tracking accuracy".
 
 Provenance: ``provenance`` has one row per study-stage record (run token,
 params, code fingerprint, input hash); the per-study tables ``studies``,
@@ -35,16 +44,20 @@ from petcohort.engine.errors import StatsError
 from petcohort.engine.stats import accessor as _accessor  # noqa: F401 - registers ds.cohort
 from petcohort.engine.stats import response as resp
 from petcohort.engine.stats.agreement import ks_normality, lins_ccc, spearman
+from petcohort.engine.stats.agreement_kappa import cohen_kappa
+from petcohort.engine.stats.percist import CATEGORIES as PERCIST_CATEGORIES
+from petcohort.engine.stats.tracking import pool_accuracy
 from petcohort.engine.stats.ranks import wilcoxon_signed_rank
 from petcohort.pipelines.tables_gather import Cohort, flatten, gather
 
 __all__ = ["TABLES", "REFERENCE", "COMPOSITES", "TRACED", "CohortTables", "collect", "build_outputs", "results_dataset",
-           "provenance_frame", "trace_rows", "provenance_attrs"]
+           "provenance_frame", "trace_rows", "provenance_attrs", "agreement_pairs", "with_composites"]
 
 log = logging.getLogger(__name__)
 
 TABLES = ("studies", "lesions", "segmentation", "segmentation_paired", "agreement", "response", "delong",
-          "percist", "percist_confusion", "provenance")
+          "deltas", "percist", "percist_confusion", "percist_accuracy",
+          "percist_accuracy_confusion", "tracking_accuracy", "provenance")
 #: Per-study tables -> the stage whose records their rows come from.
 TRACED = {"studies": "quantify", "lesions": "quantify", "percist": "percist"}
 PROVENANCE_COLUMNS = ["study", "stage", "status", "reason", "run", "started", "code_hash", "config_hash",
@@ -154,6 +167,52 @@ def _biomarkers(studies: pd.DataFrame) -> list[str]:
             and pd.to_numeric(studies[c], errors="coerce").notna().any()]
 
 
+def with_composites(wide: pd.DataFrame, timepoint: pd.Series) -> pd.DataFrame:
+    """Add one column per :data:`COMPOSITES` source: its baseline part on baselines, its follow-up part after.
+
+    ``wide`` has one row per study and one column per source; ``timepoint`` maps study -> timepoint.
+    """
+    out = wide.copy()
+    followup = (timepoint.reindex(out.index) > 0).to_numpy()
+    for name, (bl, fu) in COMPOSITES.items():
+        if bl in out.columns and fu in out.columns:
+            out[name] = np.where(followup, out[fu].to_numpy(dtype=object), out[bl].to_numpy(dtype=object))
+    return out
+
+
+def _wide(studies: pd.DataFrame, biomarker: str, timepoint: pd.Series) -> pd.DataFrame:
+    frame = studies.pivot_table(index="study", columns="source", values=biomarker, aggfunc="first")
+    return with_composites(frame, timepoint)
+
+
+def _pairs(wide: pd.DataFrame, timepoint: pd.Series, source: str, acquisitions: str) -> pd.DataFrame:
+    keep = timepoint.reindex(wide.index).map(_ACQ[acquisitions]).astype(bool)
+    return wide[[source, REFERENCE]][keep].apply(pd.to_numeric, errors="coerce")
+
+
+def agreement_pairs(studies: pd.DataFrame, biomarker: str, source: str, acquisitions: str = "all") -> pd.DataFrame:
+    """The (automatic, manual) value pairs behind one ``agreement`` row, one row per study (NaN = missing).
+
+    Parameters
+    ----------
+    studies : the ``studies`` table (long form: ``study``, ``source``, ``timepoint``, biomarker columns).
+    biomarker, source : the row's biomarker and automatic source (a :data:`COMPOSITES` name works too).
+    acquisitions : ``"baseline"``, ``"follow-up"`` or ``"all"``.
+
+    Returns
+    -------
+    DataFrame indexed by study with columns ``source`` and :data:`REFERENCE`; empty when either is absent.
+    """
+    empty = pd.DataFrame(columns=[source, REFERENCE], dtype=float)
+    if studies is None or studies.empty or biomarker not in studies.columns:
+        return empty
+    tp = studies.groupby("study")["timepoint"].first()
+    wide = _wide(studies, biomarker, tp)
+    if source not in wide.columns or REFERENCE not in wide.columns:
+        return empty
+    return _pairs(wide, tp, source, acquisitions)
+
+
 def agreement_frame(studies: pd.DataFrame, notes: dict) -> pd.DataFrame:
     """Per biomarker, automatic source and acquisition group: CCC, Spearman, Wilcoxon, KS vs manual."""
     cols = ["biomarker", "source", "reference", "acquisitions", "n", "n_missing", "ccc", "ccc_ci_low",
@@ -161,17 +220,15 @@ def agreement_frame(studies: pd.DataFrame, notes: dict) -> pd.DataFrame:
     if studies.empty or REFERENCE not in set(studies.get("source", [])):
         _note(notes, "agreement", f"no {REFERENCE!r} source: no agreement statistics")
         return pd.DataFrame(columns=cols)
-    wide = {b: studies.pivot_table(index="study", columns="source", values=b, aggfunc="first")
-            for b in _biomarkers(studies)}
     tp = studies.groupby("study")["timepoint"].first()
+    wide = {b: _wide(studies, b, tp) for b in _biomarkers(studies)}
     rows = []
     for b, frame in wide.items():
         for src in [s for s in frame.columns if s != REFERENCE]:
             if REFERENCE not in frame.columns:
                 continue
-            for acq, keep in _ACQ.items():
-                sel = frame[[src, REFERENCE]][tp.reindex(frame.index).map(keep).astype(bool)]
-                sel = sel.apply(pd.to_numeric, errors="coerce")
+            for acq in _ACQ:
+                sel = _pairs(frame, tp, src, acq)
                 ok = sel.dropna()
                 row: dict[str, Any] = dict.fromkeys(cols)
                 row.update(biomarker=b, source=src, reference=REFERENCE, acquisitions=acq, n=len(ok),
@@ -232,21 +289,39 @@ def _delta_frame(c: Cohort, source: str, biomarkers: list[str], notes: dict) -> 
     return pd.DataFrame.from_dict(rows, orient="index", columns=biomarkers, dtype=float)
 
 
-def response_frames(c: Cohort, studies: pd.DataFrame, notes: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Table 2 and the pairwise DeLong tests per source (follow-up vs the patient's baseline)."""
+def _deltas_rows(c: Cohort, src: str, label_source: str, deltas: pd.DataFrame, y: pd.Series) -> pd.DataFrame:
+    """The ``deltas`` table rows of one source: the exact inputs of its Table 2 and DeLong rows."""
+    out = deltas.add_prefix("delta_")
+    out.insert(0, "responder", y.reindex(deltas.index).to_numpy(dtype=object))
+    out.insert(0, "label_source", label_source)
+    out.insert(0, "source", src)
+    out.insert(0, "baseline", [c.baseline_of(k) for k in deltas.index])
+    out.insert(0, "study", deltas.index.to_numpy(dtype=object))
+    return out.reset_index(drop=True)
+
+
+def response_frames(c: Cohort, studies: pd.DataFrame, notes: dict
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Table 2, the pairwise DeLong tests and the deltas they use, per source (follow-up vs its baseline).
+
+    The third frame (table ``deltas``) has one row per source x follow-up: ``study``, ``baseline``,
+    ``source``, ``label_source``, ``responder`` (True/False/None) and ``delta_<biomarker>`` (percent).
+    """
     labels, label_source = _labels(c, notes)
     head = ["source", "label_source"]
     if studies.empty or label_source is None:
         _note(notes, "response", "no responder labels (no PERCIST calls, no truth.percist) or no biomarkers")
         return (pd.DataFrame(columns=head + resp.TABLE2_COLUMNS),
-                pd.DataFrame(columns=head + ["biomarker_a", "biomarker_b", "n", "auc_a", "auc_b", "z", "p", "reason"]))
+                pd.DataFrame(columns=head + ["biomarker_a", "biomarker_b", "n", "auc_a", "auc_b", "z", "p", "reason"]),
+                pd.DataFrame(columns=["study", "baseline", *head, "responder"]))
     biomarkers = [b for b in resp.BIOMARKERS if b in studies.columns]
     sources = sorted(set(studies["source"]))
     sources += [k for k, parts in COMPOSITES.items() if set(parts) <= set(sources)]
-    tables, delongs = [], []
+    tables, delongs, used = [], [], []
     for src in sources:
         deltas = _delta_frame(c, src, biomarkers, notes)
         y = pd.Series({k: labels.get(k) for k in deltas.index}, dtype=object)
+        used.append(_deltas_rows(c, src, label_source, deltas, y))
         for frame, out in ((resp.response_table(deltas, y, biomarkers=biomarkers), tables),
                            (resp.pairwise_delong(deltas, y, biomarkers=biomarkers), delongs)):
             frame.insert(0, "label_source", label_source)
@@ -254,7 +329,8 @@ def response_frames(c: Cohort, studies: pd.DataFrame, notes: dict) -> tuple[pd.D
             out.append(frame)
     _note(notes, "response", "one row per follow-up study vs its patient's baseline; several follow-ups of "
                              "one patient are treated as independent")
-    return pd.concat(tables, ignore_index=True), pd.concat(delongs, ignore_index=True)
+    return (pd.concat(tables, ignore_index=True), pd.concat(delongs, ignore_index=True),
+            pd.concat(used, ignore_index=True))
 
 
 # -- PERCIST -----------------------------------------------------------------------------------
@@ -282,6 +358,181 @@ def percist_frames(c: Cohort, notes: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         _note(notes, "percist_confusion", f"{src}: {int((g['category'] == g['truth_percist']).sum())} of "
                                           f"{len(g)} calls equal truth.percist")
     return calls, conf[conf_cols]
+
+
+# -- PERCIST accuracy against the designed response ------------------------------------------
+PERCIST_ACCURACY_COLUMNS = ["source", "reference", "baseline_sources", "n", "n_called", "n_no_call", "no_call_reasons",
+                            "correct", "accuracy", "accuracy_called", "kappa", "kappa_se", "kappa_ci_low",
+                            "kappa_ci_high", "kappa_n", "confusion", "reason"]
+_NO_CALL = "none"
+
+
+def _designed(c: Cohort, key: str) -> str | None:
+    truth = c.attrs.get(key, {}).get("truth")
+    return truth.get("designed_response") if isinstance(truth, dict) else None
+
+
+def _percist_pairs(c: Cohort) -> dict[str, list[tuple[str, str | None, str | None, str | None]]]:
+    """Per source: (designed, call, no-call reason, baseline source) of every follow-up with a designed response.
+
+    A follow-up without a committed ``percist`` record, or whose record lacks
+    the source, is a missing call (``NO_PERCIST_RECORD`` / ``SOURCE_NOT_CALLED``).
+    """
+    calls = c.summaries("percist")
+    designed = {k: _designed(c, k) for k in c.followups()}
+    designed = {k: v for k, v in designed.items() if v is not None}
+    sources = sorted({s for k in designed for s in ((calls.get(k) or {}).get("sources") or {})})
+    out: dict[str, list] = {s: [] for s in sources}
+    for key, truth in sorted(designed.items()):
+        rec = calls.get(key)
+        for src in sources:
+            call = ((rec or {}).get("sources") or {}).get(src)
+            if rec is None:
+                out[src].append((truth, None, "NO_PERCIST_RECORD", None))
+            elif call is None:
+                out[src].append((truth, None, "SOURCE_NOT_CALLED", None))
+            else:
+                out[src].append((truth, call.get("category"), call.get("reason") or "NO_CATEGORY",
+                                 call.get("baseline_source")))
+    return out
+
+
+def _confusion_cells(items: list[tuple]) -> dict[tuple[str, str], int]:
+    """(designed, call) -> count over the 4 x 4 PERCIST grid, plus (designed, "none") cells for missing calls."""
+    grid = {(d, x): 0 for d in PERCIST_CATEGORIES for x in PERCIST_CATEGORIES}
+    for d, x, _, _ in items:
+        cell = (d, x or _NO_CALL)
+        grid[cell] = grid.get(cell, 0) + 1
+    return grid
+
+
+def percist_accuracy_frames(c: Cohort, notes: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per source: accuracy, Cohen's kappa (CI) and confusion of the calls vs each follow-up's designed response.
+
+    ``accuracy`` counts a missing call as a disagreement (``n`` = follow-ups
+    with a designed response); ``accuracy_called`` and kappa use the called
+    follow-ups only (``kappa_n``). Kappa: unweighted over CMR/PMR/SMD/PMD,
+    Fleiss-Cohen-Everitt (1969) asymptotic SE, 95 % Wald interval
+    (:func:`petcohort.engine.stats.agreement_kappa.cohen_kappa`). The long
+    confusion table (``percist_accuracy_confusion``) has every designed x
+    call cell of the 4 x 4 grid, plus ``call`` "none" cells for missing calls;
+    ``confusion`` holds the same as JSON ``{designed: {call: count}}``.
+    """
+    conf_cols = ["source", "designed", "call", "count"]
+    pairs = _percist_pairs(c)
+    if not pairs:
+        _note(notes, "percist_accuracy", "no PERCIST calls on follow-ups with a truth.designed_response attr")
+        return pd.DataFrame(columns=PERCIST_ACCURACY_COLUMNS), pd.DataFrame(columns=conf_cols)
+    rows, cells = [], []
+    for src, items in pairs.items():
+        called = [(d, k) for d, k, _, _ in items if k is not None]
+        reasons: dict[str, int] = {}
+        for _, k, why, _ in items:
+            if k is None:
+                reasons[why] = reasons.get(why, 0) + 1
+        correct = sum(1 for d, k in called if d == k)
+        row: dict[str, Any] = dict.fromkeys(PERCIST_ACCURACY_COLUMNS)
+        row.update(source=src, reference="designed_response", n=len(items), n_called=len(called),
+                   n_no_call=len(items) - len(called), correct=correct, accuracy=_ratio(correct, len(items)),
+                   accuracy_called=_ratio(correct, len(called)), kappa_n=len(called),
+                   baseline_sources=";".join(sorted({b for *_, b in items if b})) or None,
+                   no_call_reasons=json.dumps(reasons, sort_keys=True) if reasons else None)
+        try:
+            k = cohen_kappa([d for d, _ in called], [x for _, x in called], PERCIST_CATEGORIES)
+            row.update(kappa=k.kappa, kappa_se=k.se, kappa_ci_low=k.ci_low, kappa_ci_high=k.ci_high)
+            if k.constant_side:  # e.g. every call PMD: kappa 0 by construction, no SE / interval
+                row["reason"] = "STATS_CONSTANT"
+        except StatsError as exc:
+            row["reason"] = exc.reason
+        grid = _confusion_cells(items)
+        nested: dict[str, dict[str, int]] = {}
+        for (d, x), n in grid.items():
+            nested.setdefault(d, {})[x] = n
+        row["confusion"] = json.dumps(nested)
+        cells += [{"source": src, "designed": d, "call": x, "count": n} for (d, x), n in grid.items()]
+        rows.append(row)
+        _note(notes, "percist_accuracy", f"{src}: {correct} of {len(items)} follow-ups called as designed "
+                                         f"({len(items) - len(called)} without a call)")
+    _note(notes, "percist_accuracy", "reference: the phantom's designed response (truth.designed_response), not "
+                                     "truth.percist; kappa: unweighted, 4 categories, Fleiss-Cohen-Everitt 1969 SE, "
+                                     "95% Wald CI, over called follow-ups; accuracy counts a missing call as wrong")
+    return pd.DataFrame(rows, columns=PERCIST_ACCURACY_COLUMNS), pd.DataFrame(cells, columns=conf_cols)
+
+
+# -- tracking accuracy against the phantom's lesion ids ---------------------------------------
+TRACKING_ACCURACY_COLUMNS = ["source", "baseline_sources", "methods", "n_followups", "n_pairs", "n_predicted",
+                             "n_correct", "n_recovered", "precision", "recall", "f1", "n_true_new", "n_called_new",
+                             "new_precision", "new_recall", "n_true_vanished", "n_called_vanished",
+                             "vanished_precision", "vanished_recall", "n_no_followup_lesions",
+                             "n_no_baseline_lesions", "n_baseline_missing", "n_no_truth", "n_not_tracked", "reason"]
+_POOLED = ("n_predicted", "n_correct", "n_recovered", "precision", "recall", "f1", "n_true_new", "n_called_new",
+           "new_precision", "new_recall", "n_true_vanished", "n_called_vanished", "vanished_precision",
+           "vanished_recall")
+
+
+def _tracking_by_source(c: Cohort) -> dict[str, dict[str, Any]]:
+    """Per source: the follow-ups' accuracy dicts, baseline sources, methods and skipped / no-truth counts."""
+    by_src: dict[str, dict[str, Any]] = {}
+
+    def entry(src: str) -> dict[str, Any]:
+        return by_src.setdefault(src, {"acc": [], "bsrc": set(), "methods": set(), "missing": 0, "no_truth": 0})
+
+    tracks = c.summaries("track")
+    for key in c.followups():
+        summary = tracks.get(key)
+        if summary is None:
+            continue
+        for src in summary.get("skipped") or {}:
+            entry(src)["missing"] += 1
+        for src, rec in (summary.get("sources") or {}).items():
+            e = entry(src)
+            e["bsrc"].add(rec.get("baseline_source") or src)
+            if rec.get("method"):
+                e["methods"].add(rec["method"])
+            if isinstance(rec.get("accuracy"), dict):
+                e["acc"].append(rec["accuracy"])
+            else:
+                e["no_truth"] += 1
+    return by_src
+
+
+def tracking_accuracy_frame(c: Cohort, notes: dict) -> pd.DataFrame:
+    """Per source: lesion-match precision/recall/F1 and new/vanished detection against the phantom's lesion ids.
+
+    Counts are summed over follow-ups and the ratios recomputed (micro
+    average, :func:`petcohort.engine.stats.tracking.pool_accuracy`);
+    ``n_pairs`` = true persisting lesion ids. Follow-ups are counted, never
+    dropped silently: ``n_no_followup_lesions`` / ``n_no_baseline_lesions``
+    (tracked, with accuracy), ``n_baseline_missing`` (source not on the
+    baseline, e.g. its segmentation failed), ``n_no_truth`` (no
+    ``truth/lesion_ids``), ``n_not_tracked`` (no committed ``track`` record,
+    e.g. a failed baseline; the same for every source).
+    """
+    tracks = c.summaries("track")
+    not_tracked = sum(1 for k in c.followups() if k not in tracks)
+    by_src = _tracking_by_source(c)
+    if not by_src:
+        _note(notes, "tracking_accuracy", "no committed track records on follow-ups: no tracking accuracy")
+        return pd.DataFrame(columns=TRACKING_ACCURACY_COLUMNS)
+    rows = []
+    for src, e in sorted(by_src.items()):
+        pooled = pool_accuracy(e["acc"])
+        status = [a.get("status") for a in e["acc"]]
+        row: dict[str, Any] = dict.fromkeys(TRACKING_ACCURACY_COLUMNS)
+        row.update({k: pooled[k] for k in _POOLED})
+        row.update(source=src, baseline_sources=";".join(sorted(e["bsrc"])) or None,
+                   methods=";".join(sorted(e["methods"])) or None, n_followups=len(e["acc"]),
+                   n_pairs=pooled["n_true_persisting"], n_no_followup_lesions=status.count("no_followup_lesions"),
+                   n_no_baseline_lesions=status.count("no_baseline_lesions"), n_baseline_missing=e["missing"],
+                   n_no_truth=e["no_truth"], n_not_tracked=not_tracked,
+                   reason=None if e["acc"] else "NO_TRUTH_IDS")
+        rows.append(row)
+    _note(notes, "tracking_accuracy", "counts pooled over follow-ups (micro average); a match is correct when both "
+                                      "lesions' largest-overlap truth ids agree; recall per true persisting id; truth "
+                                      "ids counted as present in the source's own masks (METHODS.md)")
+    if not_tracked:
+        _note(notes, "tracking_accuracy", f"{not_tracked} follow-up(s) without a committed track record")
+    return pd.DataFrame(rows, columns=TRACKING_ACCURACY_COLUMNS)
 
 
 # -- results.zarr ------------------------------------------------------------------------------
@@ -389,11 +640,14 @@ def collect(store) -> CohortTables:
     if studies.empty:
         _note(notes, "studies", "no committed quantify records")
     seg, seg_paired = segmentation_frames(c, notes)
-    response, delong = response_frames(c, studies, notes)
+    response, delong, deltas = response_frames(c, studies, notes)
     percist, confusion = percist_frames(c, notes)
     frames = {"studies": studies, "lesions": lesions_frame(c), "segmentation": seg,
               "segmentation_paired": seg_paired, "agreement": agreement_frame(studies, notes),
-              "response": response, "delong": delong, "percist": percist, "percist_confusion": confusion}
+              "response": response, "delong": delong, "deltas": deltas, "percist": percist,
+              "percist_confusion": confusion}
+    frames["percist_accuracy"], frames["percist_accuracy_confusion"] = percist_accuracy_frames(c, notes)
+    frames["tracking_accuracy"] = tracking_accuracy_frame(c, notes)
     records = store.stage_records()
     for name, stage in TRACED.items():
         frames[name] = trace_rows(frames[name], stage, records)

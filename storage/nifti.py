@@ -48,7 +48,7 @@ def write_nifti(path: str | os.PathLike, volume: np.ndarray, *, spacing, origin)
     """Write a ``(Z, Y, X)`` LPS volume as NIfTI-1 (dtype kept; qform and sform set, code 1 = scanner)."""
     volume = np.asarray(volume)
     if volume.ndim != 3 or len(spacing) != 3 or len(origin) != 3:
-        raise InputError("BAD_VOLUME", f"volume must be (Z, Y, X) with 3 spacing/origin values, got shape "
+        raise InputError("NOT_3D", f"volume must be (Z, Y, X) with 3 spacing/origin values, got shape "
                          f"{volume.shape}, spacing={spacing!r}, origin={origin!r}")
     aff = _affine(spacing, origin)
     img = nib.Nifti1Image(np.ascontiguousarray(volume.transpose(2, 1, 0)), aff)

@@ -14,7 +14,8 @@ is linear, it equals ``suvpeak * sul_per_suvbw`` and is computed that way.
 
 Lesion ``organ`` is the majority of its voxels among bone / liver / other
 (neither mask); ties go to bone, then liver. Without organ masks every lesion
-is ``other``.
+is ``other``. This is the one implementation of the rule
+(:func:`lesion_organs`); PERCIST's per-organ cap uses it too.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from petcohort.engine.kernels._validate import (check_3d, check_connectivity, ch
 from petcohort.engine.kernels.label import lesion_labels
 from petcohort.engine.kernels.sulpeak import DEFAULT_RADIUS_MM, kernel_size, lesion_peaks_unchecked
 
-__all__ = ["Quantification", "quantify", "STUDY_KEYS", "LESION_KEYS"]
+__all__ = ["Quantification", "quantify", "STUDY_KEYS", "LESION_KEYS", "organ_voxel_counts", "majority_organ",
+           "lesion_organs"]
 
 STUDY_KEYS = ("lesion_count", "mtv_ml", "tlg", "suvmax", "suvmean", "sulpeak", "local_peak", "suvpeak",
               "pbi", "pli", "dmax_mm", "kernel_voxels", "kernel_ml")
@@ -59,10 +61,55 @@ class Quantification:
     labels: Any
 
 
-def _organ(bone_n: int, liver_n: int, other_n: int) -> str:
-    # Majority vote; ties resolved in the order bone, liver, other.
+def majority_organ(bone_n: int, liver_n: int, other_n: int) -> str:
+    """``bone``, ``liver`` or ``other``: the majority of a lesion's voxel counts; ties in that order."""
     counts = (("bone", bone_n), ("liver", liver_n), ("other", other_n))
-    return max(counts, key=lambda kv: kv[1])[0]
+    return max(counts, key=lambda kv: kv[1])[0]  # max keeps the first of equal counts
+
+
+def organ_voxel_counts(labels: Any, n: int, *, bone: Any = None, liver: Any = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxels of each label in the bone mask, in the liver mask and in neither.
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) integer ndarray (numpy or cupy), 0 = background, lesions 1..n
+    n : int, the highest label
+    bone, liver : (Z, Y, X) ndarray or None, same grid; non-zero = organ (None = no voxel in it)
+
+    Returns
+    -------
+    bone_n, liver_n, other_n : (n + 1,) ndarray of int64
+        Indexed by label (index 0 = background). A voxel in both masks counts
+        for both and not for ``other``.
+
+    Raises
+    ------
+    GridError ``GRID_MISMATCH`` when a mask is not on the labels' grid.
+    """
+    labels = backend.to_numpy(labels)
+    flat = labels.ravel()
+    size = int(n) + 1
+    total = np.bincount(flat, minlength=size)[:size]
+    counts: dict[str, np.ndarray] = {}
+    either = None
+    for name, mask in (("bone", bone), ("liver", liver)):
+        if mask is None:
+            counts[name] = np.zeros(size, dtype=np.int64)
+            continue
+        m = backend.to_numpy(mask)
+        check_same_grid(labels, m, names=("labels", name))
+        m = m.ravel() != 0
+        counts[name] = np.bincount(flat[m], minlength=size)[:size]
+        either = m if either is None else (either | m)
+    other = total if either is None else total - np.bincount(flat[either], minlength=size)[:size]
+    return counts["bone"], counts["liver"], other
+
+
+def lesion_organs(labels: Any, n: int, *, bone: Any = None, liver: Any = None) -> dict[int, str]:
+    """Organ of each lesion 1..n by :func:`majority_organ` of its :func:`organ_voxel_counts`."""
+    b, li, o = organ_voxel_counts(labels, n, bone=bone, liver=liver)
+    return {lab: majority_organ(int(b[lab]), int(li[lab]), int(o[lab])) for lab in range(1, int(n) + 1)}
 
 
 def _index(mask: Any, name: str, lesion_voxels_in: int, reason_missing: str) -> tuple[float | None, str | None]:
@@ -129,7 +176,7 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
 
     Raises
     ------
-    GridError ``GRID_MISMATCH``; InputError ``IMAGE_NOT_FINITE``, ``BAD_SPACING``,
+    GridError ``GRID_MISMATCH``; InputError ``IMAGE_NOT_FINITE``, ``BAD_GEOMETRY``,
     ``BAD_CONNECTIVITY``, ``BAD_VALUE``, ``INSTANCES_MISMATCH``.
     """
     check_3d(image, "image")
@@ -152,7 +199,7 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
         sul_per_suvbw = check_positive(sul_per_suvbw, "sul_per_suvbw")
     org = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64)
     if org.shape != (3,) or not np.isfinite(org).all():
-        raise InputError("BAD_ORIGIN", f"origin must be three finite numbers (mm, z/y/x), got {origin!r}")
+        raise InputError("BAD_GEOMETRY", f"origin must be three finite numbers (mm, z/y/x), got {origin!r}")
     check_finite(image, "image")
 
     labels, n, parents = lesion_labels(mask, instances, connectivity=connectivity)
@@ -163,6 +210,7 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
     labels_h = backend.to_numpy(labels)
     bone_h = None if bone is None else backend.to_numpy(bone) != 0
     liver_h = None if liver is None else backend.to_numpy(liver) != 0
+    in_bone_n, in_liver_n, in_other_n = organ_voxel_counts(labels_h, n, bone=bone_h, liver=liver_h)
     kv, kml = kernel_size(sp, radius_mm)
     voxel_ml = math.prod(sp) / 1000.0
 
@@ -180,16 +228,7 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
         vsum = float(values.sum())
         idx = np.stack(np.nonzero(sel), axis=1) + np.array([s.start for s in sl])
         centroid = org + idx.mean(axis=0) * np.asarray(sp)
-        nb = int(np.count_nonzero(bone_h[sl][sel])) if bone_h is not None else 0
-        nl = int(np.count_nonzero(liver_h[sl][sel])) if liver_h is not None else 0
-        n_other = voxels
-        if bone_h is not None or liver_h is not None:
-            either = np.zeros(voxels, bool)
-            if bone_h is not None:
-                either |= bone_h[sl][sel]
-            if liver_h is not None:
-                either |= liver_h[sl][sel]
-            n_other = voxels - int(np.count_nonzero(either))
+        nb, nl = int(in_bone_n[lab]), int(in_liver_n[lab])
         pk = peaks[lab - 1]
         mtv = voxels * voxel_ml
         suvmean = vsum / voxels
@@ -198,7 +237,7 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
             "suvmean": suvmean,
             "sulpeak": None if sul_per_suvbw is None else pk.global_peak * sul_per_suvbw,
             "suvpeak": pk.global_peak, "local_peak": pk.local_peak, "tlg": mtv * suvmean,
-            "centroid_mm": [float(c) for c in centroid], "organ": _organ(nb, nl, n_other),
+            "centroid_mm": [float(c) for c in centroid], "organ": majority_organ(nb, nl, int(in_other_n[lab])),
         }
         if sul_per_suvbw is None:
             lesion["sulpeak_reason"] = "SUL_UNAVAILABLE"

@@ -50,8 +50,9 @@ import numpy as np
 from petcohort.engine import backend
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import check_3d, check_finite, check_positive, check_same_grid, check_spacing
+from petcohort.engine.kernels.sphere import sphere_offsets
 
-__all__ = ["Reference", "liver_reference", "blood_pool_reference", "sphere_offsets", "cylinder_offsets"]
+__all__ = ["Reference", "liver_reference", "blood_pool_reference", "cylinder_offsets"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Reference:
         Voxel index of the ROI centre.
     source : {"liver", "blood_pool"}
     fallback_reason : str or None
-        Why the liver was not used (``LIVER_MISSING``, ``LIVER_NO_ROOM``) when
+        Why the liver was not used (``NO_LIVER_MASK``, ``LIVER_NO_ROOM``) when
         ``source == "blood_pool"``.
     """
 
@@ -83,15 +84,6 @@ class Reference:
         d = asdict(self)
         d["centre_zyx"] = list(self.centre_zyx)
         return d
-
-
-def sphere_offsets(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
-    """Voxel offsets (k, 3) int of a sphere: centres within ``radius_mm`` (<=)."""
-    sz, sy, sx = spacing
-    hz, hy, hx = (int(math.floor(radius_mm / s)) for s in (sz, sy, sx))
-    z, y, x = np.mgrid[-hz:hz + 1, -hy:hy + 1, -hx:hx + 1]
-    inside = (z * sz) ** 2 + (y * sy) ** 2 + (x * sx) ** 2 <= radius_mm ** 2
-    return np.stack([z[inside], y[inside], x[inside]], axis=1)
 
 
 def cylinder_offsets(radius_mm: float, length_mm: float, spacing: Sequence[float]) -> np.ndarray:
@@ -275,7 +267,7 @@ def liver_reference(sul: Any, liver: Any, *, spacing: Sequence[float], lesions: 
     ------
     InputError
         ``NO_REFERENCE`` when neither region can be placed; ``NOT_3D``,
-        ``GRID_MISMATCH``, ``IMAGE_NOT_FINITE``, ``BAD_SPACING``, ``BAD_VALUE``.
+        ``GRID_MISMATCH``, ``IMAGE_NOT_FINITE``, ``BAD_GEOMETRY``, ``BAD_VALUE``.
     """
     spacing = check_spacing(spacing)
     radius = check_positive(diameter_mm, "diameter_mm") / 2
@@ -288,14 +280,15 @@ def liver_reference(sul: Any, liver: Any, *, spacing: Sequence[float], lesions: 
     if lesions is not None:
         lesion_arr = backend.to_numpy(lesions)
         check_same_grid(sul, lesion_arr, names=("sul", "lesions"))
-    reason = "LIVER_MISSING"
+    reason = "NO_LIVER_MASK"
     if liver is not None:
         liver_arr = backend.to_numpy(liver) != 0
         check_same_grid(sul, liver_arr, names=("sul", "liver"))
         if liver_arr.any():
             centre = _place_liver_sphere(liver_arr, lesion_arr, spacing, radius, float(lesion_margin_mm))
             if centre is not None:
-                mean, sd, n = _roi_stats(sul, centre, sphere_offsets(radius, spacing))
+                # the same sphere as SULpeak's neighbourhood (one implementation: kernels.sphere)
+                mean, sd, n = _roi_stats(sul, centre, sphere_offsets(spacing, radius))
                 return Reference(mean, sd, n, centre, "liver", None)
             reason = "LIVER_NO_ROOM"
     return blood_pool_reference(sul, aorta, spacing=spacing, lesions=lesion_arr, diameter_mm=aorta_diameter_mm,

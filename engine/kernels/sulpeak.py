@@ -37,6 +37,7 @@ import numpy as np
 
 from petcohort.engine import backend
 from petcohort.engine.errors import InputError
+from petcohort.engine.kernels.sphere import sphere_offsets
 from petcohort.engine.kernels._validate import (check_3d, check_finite, check_positive, check_same_grid,
                                                  check_spacing)
 
@@ -45,9 +46,6 @@ __all__ = ["PeakResult", "DEFAULT_RADIUS_MM", "peak", "lesion_peaks", "sphere_of
 #: (3 / (4 pi))^(1/3) cm in mm: the radius of a 1 mL sphere.
 DEFAULT_RADIUS_MM = 6.2035
 
-# Relative slack on r^2 so that a neighbour at exactly r (e.g. r = 6 mm with
-# 2 mm voxels) is admitted despite float rounding of (d * s)^2.
-_R2_SLACK = 1e-9
 
 
 @dataclass(frozen=True)
@@ -89,30 +87,6 @@ class PeakResult:
         for k in ("peak_voxel", "hottest_voxel"):
             d[k] = list(d[k]) if d[k] is not None else None
         return d
-
-
-def sphere_offsets(spacing: Sequence[float], radius_mm: float = DEFAULT_RADIUS_MM) -> np.ndarray:
-    """Integer offsets of the spherical neighbourhood.
-
-    Parameters
-    ----------
-    spacing : (sz, sy, sx) mm
-    radius_mm : float, mm
-
-    Returns
-    -------
-    (K, 3) ndarray of int64
-        Every ``(dz, dy, dx)`` with ``(dz sz)^2 + (dy sy)^2 + (dx sx)^2 <= r^2``,
-        the centre included, in C order.
-    """
-    s = np.asarray(check_spacing(spacing), dtype=np.float64)
-    r = check_positive(radius_mm, "radius_mm")
-    reach = np.floor(r / s + 1e-9).astype(np.int64)
-    axes = [np.arange(-k, k + 1) for k in reach]
-    dz, dy, dx = np.meshgrid(*axes, indexing="ij")
-    d2 = (dz * s[0]) ** 2 + (dy * s[1]) ** 2 + (dx * s[2]) ** 2
-    keep = d2 <= r * r * (1.0 + _R2_SLACK)
-    return np.stack([dz[keep], dy[keep], dx[keep]], axis=1)
 
 
 def kernel_size(spacing: Sequence[float], radius_mm: float = DEFAULT_RADIUS_MM) -> tuple[int, float]:
@@ -298,7 +272,7 @@ def lesion_peaks(image: Any, labels: Any, n: int, *, spacing: Sequence[float],
 
     Raises
     ------
-    GridError ``GRID_MISMATCH``; InputError ``IMAGE_NOT_FINITE``, ``BAD_SPACING``, ``BAD_VALUE``.
+    GridError ``GRID_MISMATCH``; InputError ``IMAGE_NOT_FINITE``, ``BAD_GEOMETRY``, ``BAD_VALUE``.
     """
     spacing = _check_inputs(image, labels, "labels", spacing, radius_mm)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:

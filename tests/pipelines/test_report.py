@@ -84,10 +84,10 @@ def test_coronal_mip_orientation_and_window():
 def test_qc_rejects_bad_input():
     with pytest.raises(InputError) as exc:
         pet_mip_uint8(np.zeros((3, 3)))
-    assert exc.value.reason == "QC_BAD_VOLUME"
+    assert exc.value.reason == "NOT_3D"
     with pytest.raises(InputError) as exc:
         pet_mip_uint8(np.full((2, 2, 2), np.nan))
-    assert exc.value.reason == "QC_NONFINITE_PET"
+    assert exc.value.reason == "IMAGE_NOT_FINITE"
 
 
 def test_qc_stage_registered():
@@ -183,15 +183,142 @@ def test_report_data_long_and_wide_agree():
     again = rd.biomarker_long(wide.reset_index())
     merged = long.merge(again, on=["study", "source"], suffixes=("", "_w"))
     assert len(merged) == len(long) and np.allclose(merged["tlg"], merged["tlg_w"])
-    auto = rd.automatic_values(long, meta)
-    assert set(auto.loc[auto.timepoint == 0, "auto_source"]) == {"nnunet_bl"}
-    assert set(auto.loc[auto.timepoint == 1, "auto_source"]) == {"nnunet_fu"}
-    resp, undefined = rd.response_frame(auto, meta, None)
-    row = resp.iloc[0]
-    bl = auto[(auto.patient == row.patient) & (auto.timepoint == 0)].iloc[0]
-    fu = auto[auto.study == row.study].iloc[0]
-    assert row.delta_tlg == pytest.approx((fu.tlg - bl.tlg) / bl.tlg * 100)
-    assert undefined == {"sulpeak": 0, "tlg": 0, "pbi": 0, "pli": 0}
+    assert rd.pick_auto_source(["manual", "nnunet_bl", "nnunet_fu"], 0) == "nnunet_bl"
+    assert rd.pick_auto_source(["manual", "nnunet_bl", "nnunet_fu"], 1) == "nnunet_fu"
+    assert rd.figure_source(["manual", "nnunet_bl", "nnunet_bl+fu"]) == "nnunet_bl+fu"
+    assert rd.figure_source(["manual", "threshold_41pct"]) == "threshold_41pct"
+    assert rd.figure_source(["manual"]) == "manual" and rd.figure_source([]) is None
+
+
+def _cells(html: str, table_id: str) -> list[list[str]]:
+    """The body cells of one HTML table of the report, row by row."""
+    table = re.search(rf'<table id="{table_id}".*?</table>', html).group(0)
+    return [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)[1:]]
+
+
+def test_report_numbers_are_the_tables_numbers(tmp_path):
+    """Fig. 4 and Fig. 5 quote the agreement and response tables; their points are the tables' inputs."""
+    from petcohort.engine.stats.roc import roc_auc
+    from petcohort.pipelines import report_data as rd
+    from petcohort.pipelines.report import write_report
+    from petcohort.pipelines.report_html import fmt
+    from petcohort.pipelines.tables import agreement_pairs
+
+    store = make_store(tmp_path / "s.zarr")
+    html = write_report(store.url, tmp_path / "out").read_text()
+    tables = rd.load_tables(store, tmp_path / "out")
+    ag, response, deltas = tables["agreement"], tables["response"], tables["deltas"]
+
+    source, panels, rows, _ = rd.agreement_panels(ag, tables["studies"])
+    assert source == "threshold_41pct" and [r["biomarker"] for r in rows] == ["SULpeak", "TLG", "PBI", "PLI"]
+    for (b, label), panel, cells in zip(rd.BIOMARKERS, panels, _cells(html, "agreement_summary")):
+        row = ag[(ag.biomarker == b) & (ag.source == source) & (ag.acquisitions == "all")].iloc[0]
+        assert cells[:4] == [label, source, fmt(int(row.n)), fmt(float(row.ccc))]
+        assert cells[4:6] == [fmt(float(row.ccc_ci_low)), fmt(float(row.ccc_ci_high))]
+        assert f"Lin's CCC {row.ccc:.2f} [{row.ccc_ci_low:.2f}, {row.ccc_ci_high:.2f}]" in panel["title"]
+        pair = agreement_pairs(tables["studies"], b, source).dropna()
+        assert len(panel["x"]) == row.n == len(pair) == 12
+        assert np.array_equal(panel["y"], pair[source].to_numpy(float))
+
+    source, series, rows, notes = rd.roc_series(response, deltas)
+    assert source == "threshold_41pct" and len(series) == 4 and not notes
+    for (b, label), s, cells in zip(rd.BIOMARKERS, series, _cells(html, "roc_summary")):
+        row = response[(response.source == source) & (response.biomarker == b)].iloc[0]
+        assert s.label.startswith(f"\u0394{label} AUC {row.auc:.2f} [{row.auc_ci_low:.2f}, {row.auc_ci_high:.2f}]")
+        assert (s.youden_fpr, s.youden_tpr) == (1.0 - row.specificity, row.sensitivity)
+        assert cells[:4] == [f"\u0394{label}", source, fmt(int(row.n)), fmt(float(row.auc))]
+        assert cells[6:9] == [fmt(float(row.cutoff_percent)), fmt(float(row.sensitivity)),
+                              fmt(float(row.specificity))]
+        # the drawn curve runs through the deltas the AUC was computed from
+        d = deltas[(deltas.source == source) & deltas.responder.notna()][[f"delta_{b}", "responder"]].dropna()
+        assert len(d) == row.n == 6
+        assert roc_auc(d.responder.astype(bool), -d[f"delta_{b}"].astype(float)) == pytest.approx(row.auc, abs=1e-12)
+        assert np.trapezoid(s.tpr, s.fpr) == pytest.approx(row.auc, abs=1e-12)
+
+
+def test_deltas_table_is_what_table2_uses(tmp_path):
+    from petcohort.engine.stats.response import delta_percent, responder_label
+    from petcohort.pipelines.tables import collect
+
+    store = make_store(tmp_path / "s.zarr", broken=False)
+    frames = collect(store).frames
+    d = frames["deltas"]
+    assert set(d.source) == {"manual", "threshold_41pct"} and len(d) == 12
+    studies = frames["studies"].set_index(["study", "source"])
+    for r in d.itertuples(index=False):
+        bl, fu = studies.loc[(r.baseline, r.source)], studies.loc[(r.study, r.source)]
+        assert r.delta_tlg == delta_percent(bl.tlg, fu.tlg).value
+        truth = store.study_attrs(r.study)["truth"]["percist"]
+        assert r.responder == responder_label(truth) and r.label_source == "truth"
+    n = frames["response"].set_index(["source", "biomarker"]).loc[("manual", "tlg"), "n"]
+    assert n == d[(d.source == "manual")].delta_tlg.notna().sum()
+
+
+def test_trajectories_are_100_plus_delta():
+    from petcohort.pipelines import report_data as rd
+
+    meta = pd.DataFrame({"study": ["A-T0", "A-T1", "A-T2"], "patient": ["A"] * 3, "timepoint": [0, 1, 2],
+                         "days": [0, 60, 120], "site": "s", "scanner": "c", "truth_percist": None})
+    deltas = pd.DataFrame({"study": ["A-T1", "A-T2"], "baseline": ["A-T0"] * 2, "source": "manual",
+                           "label_source": "truth", "responder": [True, None], "delta_sulpeak": [-40.0, np.nan],
+                           "delta_tlg": [10.0, -20.0]})
+    source, lines, n = rd.trajectory_lines(deltas, meta, max_patients=10)
+    assert source == "manual" and n == 1
+    (x, y), = lines["sulpeak"]
+    assert list(x) == [0.0, 60.0] and list(y) == [100.0, 60.0]  # the undefined delta is left out
+    (x, y), = lines["tlg"]
+    assert list(x) == [0.0, 60.0, 120.0] and list(y) == [100.0, 110.0, 80.0]
+
+
+def test_composite_source_in_agreement_and_figures():
+    from petcohort.pipelines import report_data as rd
+    from petcohort.pipelines.tables import agreement_frame, agreement_pairs
+
+    tables, meta = _fake_tables(6)
+    studies = tables["studies"].merge(meta[["study", "timepoint"]], on="study")
+    ag = agreement_frame(studies, {})
+    assert "nnunet_bl+fu" in set(ag.source)
+    pair = agreement_pairs(studies, "tlg", "nnunet_bl+fu")
+    wide = studies.pivot(index="study", columns="source", values="tlg")
+    tp = meta.set_index("study").timepoint.reindex(pair.index)
+    expect = np.where(tp > 0, wide.loc[pair.index, "nnunet_fu"], wide.loc[pair.index, "nnunet_bl"])
+    assert np.array_equal(pair["nnunet_bl+fu"].to_numpy(float), expect.astype(float))
+    source, panels, rows, _ = rd.agreement_panels(ag, studies)
+    assert source == "nnunet_bl+fu" and len(panels) == 4
+    row = ag.query("biomarker == 'tlg' and source == 'nnunet_bl+fu' and acquisitions == 'all'").iloc[0]
+    assert rows[1]["Lin's CCC"] == row.ccc and rows[1]["n"] == row.n == 12
+
+
+def test_provenance_section(tmp_path):
+    from petcohort.pipelines.report import write_report
+
+    store = make_store(tmp_path / "s.zarr", patients=2, broken=False)
+    key = store.study_keys()[0]
+    rec = store.stage_record(key, "quantify")
+    store.commit_stage(key, "quantify", arrays={}, record={"summary": rec["summary"], "run": "r1",
+                                                           "params": {"radius_mm": 6.2035, "connectivity": 26},
+                                                           "code": {"digest": "ab" * 32}})
+    store.write_json("run_config", {"quantify": {"radius_mm": 6.2035, "connectivity": 26}})
+    html = write_report(store.url, tmp_path / "out").read_text()
+    assert _sections(html)["provenance"] == "ok"
+    cfg = re.search(r'<pre data-provenance="run_config">(.*?)</pre>', html, re.S).group(1)
+    assert "quantify:" in cfg and "radius_mm: 6.2035" in cfg
+    rows = {c[0]: c for c in _cells(html, "stage_provenance")}
+    assert rows["quantify"][1:4] == ["4", "4", "0"] and rows["quantify"][4] == "ab" * 8
+    assert "&quot;radius_mm&quot;: 6.2035" in rows["quantify"][5]
+
+
+def test_provenance_missing_and_accuracy_sections(tmp_path):
+    from petcohort.pipelines.report import render_report
+
+    store = CohortStore.create(tmp_path / "empty.zarr")
+    acc = pd.DataFrame({"source": ["nnunet_fu"], "n": [8], "accuracy": [0.75]})
+    html = render_report(store, {"tracking_accuracy": acc, "percist_accuracy": acc.iloc[:0]},
+                         notes={"percist_accuracy": ["no designed responses"]})
+    status = _sections(html)
+    assert status["provenance"] == "missing" and "No run configuration recorded" in html
+    assert status["table-tracking-accuracy"] == "ok" and 'data-table="tracking_accuracy"' in html
+    assert status["table-percist-accuracy"] == "missing" and "no designed responses" in html
 
 
 class FakeStore:
