@@ -14,6 +14,13 @@ A missing liver is not a failure: the summary carries ``liver_reason``
 (``NO_LIVER_MASK``); PLI and the PERCIST liver reference then report their
 own reasons downstream. Masks this stage derived in an earlier run are derived
 again (not mistaken for supplied ones): the previous record lists them.
+
+Device: on a GPU worker (:func:`petcohort.engine.backend.stage_device`) the
+TotalSegmentator map is moved to the device once, split into organ masks
+there and the masks come back as numpy (summary ``device: "cuda"``); after a
+device out-of-memory the study-stage is redone on the CPU (``device: "cpu"``,
+``device_fallback: "GPU_OUT_OF_MEMORY"``). The CT-HU bone fallback runs on the
+host (its kernel labels on the host). CPU workers: numpy, no ``device`` key.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from petcohort.engine import backend
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels.organs import ORGAN_NAMES, TOTALSEG_V2_ORGANS, bone_from_ct, totalseg_to_organs
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
@@ -45,19 +53,20 @@ def read_totalseg(path: str | Path) -> np.ndarray:
     Returns
     -------
     (Z, Y, X) ndarray of uint8
-        NIfTI voxel order (i, j, k) reversed to (k, j, i); the caller must
-        read the PET NIfTI the same way (``pipelines.quantify_cli`` does).
+        Read by :func:`petcohort.storage.nifti.read_nifti` (reoriented to
+        LPS), the reader of every NIfTI in petcohort (ingest, ``quantify``),
+        so the map lies on the PET grid read from the same frame.
 
     Raises
     ------
-    InputError ``TOTALSEG_NOT_FOUND``, ``TOTALSEG_EMPTY``, ``GRID_MISMATCH``.
+    InputError ``TOTALSEG_NOT_FOUND``, ``TOTALSEG_EMPTY``, ``GRID_MISMATCH``, and the
+    ``NIFTI_*`` reasons of :func:`~petcohort.storage.nifti.read_nifti`.
     """
-    import nibabel as nib  # noqa: PLC0415
+    from petcohort.storage.nifti import read_nifti  # noqa: PLC0415
 
     p = Path(path)
     if p.is_file():
-        data = np.asarray(nib.load(str(p)).dataobj)
-        return np.ascontiguousarray(np.rint(data).astype(np.uint8).T)
+        return np.ascontiguousarray(np.rint(read_nifti(p)[0]).astype(np.uint8))
     if not p.is_dir():
         raise InputError("TOTALSEG_NOT_FOUND", f"TotalSegmentator path {str(p)!r} is neither a file nor a folder")
     labels: np.ndarray | None = None
@@ -66,7 +75,7 @@ def read_totalseg(path: str | Path) -> np.ndarray:
             f = p / f"{name}.nii.gz"
             if not f.exists():
                 continue
-            part = np.asarray(nib.load(str(f)).dataobj).T != 0
+            part = read_nifti(f)[0] != 0
             if labels is None:
                 labels = np.zeros(part.shape, dtype=np.uint8)
             if part.shape != labels.shape:
@@ -85,6 +94,12 @@ def _derived_before(ctx: StageContext) -> set[str]:
     return set()
 
 
+def _split_totalseg(labels: np.ndarray, device: str) -> dict[str, np.ndarray]:
+    """Organ masks of a TotalSegmentator map, computed on ``device`` (moved once), returned as numpy."""
+    masks = totalseg_to_organs(labels if device == "cpu" else backend.to_device(labels, device))
+    return {organ: backend.to_numpy(m) for organ, m in masks.items()}
+
+
 @register_stage("organs", params=())
 def organs_stage(ctx: StageContext) -> StageOutput:
     """Collect or derive the organ masks of one study (see module docstring)."""
@@ -93,8 +108,10 @@ def organs_stage(ctx: StageContext) -> StageOutput:
     sources: dict[str, str | None] = {}
     arrays: dict[str, Any] = {}
     from_totalseg: dict[str, Any] | None = None
+    device: dict[str, str] = {}
     if "organs/totalseg" in present:
-        from_totalseg = totalseg_to_organs(ctx.store.read_array(ctx.key, "organs/totalseg"))
+        totalseg = ctx.store.read_array(ctx.key, "organs/totalseg")
+        from_totalseg, device = backend.run_on_device(lambda dev: _split_totalseg(totalseg, dev))
     for organ in ORGAN_NAMES:
         name = f"organs/{organ}"
         if name in present:
@@ -107,7 +124,7 @@ def organs_stage(ctx: StageContext) -> StageOutput:
     if sources["bone"] is None and ctx.store.has_array(ctx.key, "ct"):
         arrays["organs/bone"] = bone_from_ct(ctx.store.read_array(ctx.key, "ct"), spacing=ctx.spacing)
         sources["bone"] = "ct_hu"
-    summary: dict[str, Any] = {"sources": sources}
+    summary: dict[str, Any] = {"sources": sources, **device}
     for organ in ("bone", "liver", "aorta"):
         if sources[organ] is None:
             summary[f"{organ}_reason"] = f"NO_{organ.upper()}_MASK"

@@ -9,11 +9,19 @@ use ``organs/bone`` and ``organs/liver`` when present. A source with an
 instance map (``seg/<src>_instances``) has one lesion per segment/ROI (split
 into connected parts); its lesion rows carry ``segment`` (instance id),
 ``segment_number`` and ``segment_label``.
+
+Device: on a GPU worker (:func:`petcohort.engine.backend.stage_device`) the
+study's arrays go to the device once per task and the kernels (labelling,
+SULpeak) run there; only numbers come back. The summary then says
+``device: "cuda"``; after a device out-of-memory the study is quantified
+again on the CPU and the summary says ``device: "cpu"``,
+``device_fallback: "GPU_OUT_OF_MEMORY"``. CPU workers: numpy, no ``device`` key.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from petcohort.engine import backend
 from petcohort.engine.kernels import lesions
 from petcohort.pipelines.lesion_labels import instances_of, is_instances_array, segment_table
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
@@ -39,18 +47,27 @@ def _optional(ctx: StageContext, name: str) -> Any:
                                                                       "analysis.sources"))
 def quantify_stage(ctx: StageContext) -> StageOutput:
     """Per-study and per-lesion biomarkers for every segmentation source."""
-    pet = ctx.store.read_array(ctx.key, "pet")
-    bone = _optional(ctx, "organs/bone")
-    liver = _optional(ctx, "organs/liver")
-    origin = ctx.attrs.get("origin")
-    factor = ctx.attrs.get("sul_per_suvbw")
+    host = {"pet": ctx.store.read_array(ctx.key, "pet"), "bone": _optional(ctx, "organs/bone"),
+            "liver": _optional(ctx, "organs/liver")}
+    (studies, lesion_rows), device = backend.run_on_device(lambda dev: _quantify_sources(ctx, host, dev))
+    summary: dict[str, Any] = {"sources": studies, "lesions": lesion_rows, **device}
+    if ctx.attrs.get("sul_per_suvbw") is None:
+        summary["sul_reason"] = ctx.attrs.get("sul_reason") or "SUL_UNAVAILABLE"
+    return StageOutput(summary=summary)
+
+
+def _quantify_sources(ctx: StageContext, host: dict[str, Any], device: str
+                      ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Quantify every source with the study arrays on ``device`` (moved once; numbers come back)."""
+    put = (lambda a: a) if device == "cpu" else (lambda a: None if a is None else backend.to_device(a, device))
+    pet, bone, liver = put(host["pet"]), put(host["bone"]), put(host["liver"])
     studies: dict[str, dict[str, Any]] = {}
     lesion_rows: dict[str, list[dict[str, Any]]] = {}
     for src in study_sources(ctx):
-        q = lesions.quantify(pet, ctx.store.read_array(ctx.key, f"seg/{src}"), spacing=ctx.spacing,
+        q = lesions.quantify(pet, put(ctx.store.read_array(ctx.key, f"seg/{src}")), spacing=ctx.spacing,
                              connectivity=ctx.config.connectivity, radius_mm=ctx.config.radius_mm,
-                             bone=bone, liver=liver, sul_per_suvbw=factor, origin=origin,
-                             instances=instances_of(ctx.store, ctx.key, src))
+                             bone=bone, liver=liver, sul_per_suvbw=ctx.attrs.get("sul_per_suvbw"),
+                             origin=ctx.attrs.get("origin"), instances=put(instances_of(ctx.store, ctx.key, src)))
         studies[src] = q.study
         segments = segment_table(ctx.attrs, src)
         for row in q.lesions:  # the segment/ROI each lesion came from (instance masks only)
@@ -59,7 +76,4 @@ def quantify_stage(ctx: StageContext) -> StageOutput:
                 row["segment_number"], row["segment_label"] = seg.get("number"), seg.get("label")
         lesion_rows[src] = q.lesions
         del q  # its label map (4 bytes per voxel) would otherwise live on through the next source's labelling
-    summary: dict[str, Any] = {"sources": studies, "lesions": lesion_rows}
-    if factor is None:
-        summary["sul_reason"] = ctx.attrs.get("sul_reason") or "SUL_UNAVAILABLE"
-    return StageOutput(summary=summary)
+    return studies, lesion_rows

@@ -37,9 +37,14 @@ __all__ = [
     "Geometry",
     "RegistrationResult",
     "RigidTransform",
+    "SCHEDULES",
+    "Schedule",
     "apply_transform",
+    "default_pyramid",
+    "default_schedule",
     "normalised_correlation",
     "register_rigid",
+    "transform_difference",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,7 +72,7 @@ def _vec3(value: Any, name: str, *, positive: bool = False) -> tuple[float, floa
     try:
         vec = tuple(float(v) for v in value)
     except (TypeError, ValueError):
-        raise InputError("BAD_GEOMETRY", f"{name} must be 3 numbers [z, y, x] mm, got {value!r}") from None
+        raise InputError("BAD_TYPE", f"{name} must be 3 numbers [z, y, x] mm, got {value!r}") from None
     if len(vec) != 3 or not all(math.isfinite(v) for v in vec) or (positive and min(vec) <= 0):
         raise InputError("BAD_GEOMETRY", f"{name} must be 3 finite{' positive' if positive else ''} "
                                          f"numbers [z, y, x] mm, got {value!r}")
@@ -107,6 +112,11 @@ class RigidTransform:
                 "fixed_parameters": [float(p) for p in self.fixed_parameters],
                 "translation_mm": self.translation_mm, "rotation_deg": self.rotation_deg}
 
+    def apply(self, points_xyz: np.ndarray) -> np.ndarray:
+        """Map follow-up points ``(n, 3)`` (LPS mm, x/y/z) to the baseline: ``R (p - c) + c + t``."""
+        c = np.asarray(self.fixed_parameters, float)
+        return (np.asarray(points_xyz, float) - c) @ self.matrix.T + c + np.asarray(self.parameters[9:12], float)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RigidTransform:
         params, fixed = d.get("parameters"), d.get("fixed_parameters")
@@ -140,16 +150,31 @@ class RegistrationResult:
                 "flagged": self.flagged, "reason": self.reason, "problems": list(self.problems)}
 
 
+#: voxels per chunk of :func:`normalised_correlation` (float64 work arrays of 2 MiB).
+_CHUNK = 1 << 18
+
+
 def normalised_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two same-shape arrays (all voxels); 0-variance -> SegmentationError."""
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    a = a - a.mean()
-    b = b - b.mean()
-    den = math.sqrt(float(a @ a) * float(b @ b))
+    """Pearson correlation of two same-shape arrays (all voxels); 0-variance -> SegmentationError.
+
+    Centred sums in float64, accumulated over chunks of :data:`_CHUNK` voxels,
+    so no full-volume float64 copy is made (a whole-body PET is 3-4 M voxels).
+    """
+    a = np.asarray(a).reshape(-1)
+    b = np.asarray(b).reshape(-1)
+    ma = float(np.sum(a, dtype=np.float64)) / a.size
+    mb = float(np.sum(b, dtype=np.float64)) / b.size
+    saa = sbb = sab = 0.0
+    for i in range(0, a.size, _CHUNK):
+        da = a[i:i + _CHUNK].astype(np.float64) - ma
+        db = b[i:i + _CHUNK].astype(np.float64) - mb
+        saa += float(da @ da)
+        sbb += float(db @ db)
+        sab += float(da @ db)
+    den = math.sqrt(saa * sbb)
     if den == 0.0:
         raise SegmentationError("REGISTRATION_FAILED", "normalised correlation is undefined for a constant image")
-    return float(a @ b) / den
+    return sab / den
 
 
 def _ants():
@@ -188,10 +213,10 @@ def _from_ants(image) -> np.ndarray:
 def _check_image(name: str, array: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim != 3 or min(array.shape) < 4:
-        raise InputError("BAD_SHAPE", f"{name} must be a (Z, Y, X) array with >= 4 voxels per axis, "
+        raise InputError("NOT_3D", f"{name} must be a (Z, Y, X) array with >= 4 voxels per axis, "
                                       f"got shape {array.shape}")
     if not np.isfinite(array).all():
-        raise InputError("NON_FINITE", f"{name} contains NaN or infinite values")
+        raise InputError("IMAGE_NOT_FINITE", f"{name} contains NaN or infinite values")
     if float(array.max()) == float(array.min()):
         raise SegmentationError("REGISTRATION_FAILED", f"{name} is constant ({float(array.min())}): "
                                                        f"nothing to register")
@@ -241,6 +266,91 @@ def apply_transform(transform: RigidTransform, moving: np.ndarray, *, moving_geo
     return (out > 0.5).astype(np.uint8) if label else out.astype(np.float32)
 
 
+def transform_difference(a: RigidTransform, b: RigidTransform) -> tuple[float, float]:
+    """How far two rigid transforms are apart: (translation mm, rotation degrees).
+
+    Translation: distance between the images of ``a``'s centre of rotation
+    under ``a`` and ``b`` (the translation at that centre, whatever centre
+    ``b`` was parameterised about); rotation: the angle of ``R_a^T R_b``
+    (axis-angle magnitude, ``atan2`` form, exact near 0).
+    """
+    centre = np.asarray([a.fixed_parameters], float)
+    mm = float(np.linalg.norm(a.apply(centre) - b.apply(centre)))
+    rel = a.matrix.T @ b.matrix
+    sin = 0.5 * float(np.linalg.norm([rel[2, 1] - rel[1, 2], rel[0, 2] - rel[2, 0], rel[1, 0] - rel[0, 1]]))
+    cos = 0.5 * (float(np.trace(rel)) - 1.0)
+    return mm, math.degrees(math.atan2(sin, cos))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Multi-resolution schedule of :func:`register_rigid`.
+
+    ``block`` : voxels averaged per axis (z, y, x) in numpy before ANTs sees
+    the images (1 = none); ``iterations``, ``shrink_factors``,
+    ``smoothing_sigmas`` (voxels) : ANTs' pyramid on those block-averaged
+    images; ``sampling_rate`` : fraction of voxels the metric samples.
+    """
+
+    block: int
+    iterations: tuple[int, ...]
+    shrink_factors: tuple[int, ...]
+    smoothing_sigmas: tuple[float, ...]
+    sampling_rate: float
+
+
+#: schedule names of :func:`default_schedule`.
+SCHEDULES = ("fast", "full")
+
+#: voxels per axis averaged before ANTs in the ``"fast"`` schedule of whole-body PETs.
+FAST_BLOCK = 3
+
+#: the ``"fast"`` schedule of whole-body PETs: ANTs' shrink 2, 1 on the 3-voxel block means (about
+#: the full schedule's shrink 8 and 4 levels, without its half-resolution level), with a quarter of the
+#: voxels sampled; chosen on the synthetic cohort's pairs (benchmarks/bench_pipeline.py) and the
+#: known-motion pairs of tests/engine/test_registration.py.
+FAST_WHOLE_BODY = Schedule(block=FAST_BLOCK, iterations=(100, 50), shrink_factors=(2, 1),
+                           smoothing_sigmas=(1.0, 0.5), sampling_rate=0.25)
+
+
+def default_schedule(shape: Sequence[int], schedule: str = "fast") -> Schedule:
+    """The registration schedule for a follow-up of ``shape``.
+
+    ``"full"``: :func:`default_pyramid` on the full-resolution images (the
+    schedule of petcohort <= issue 12). ``"fast"`` (default): whole-body PETs
+    (shortest axis >= 64 voxels) are block-averaged by FAST_BLOCK voxels per axis
+    first, and ANTs runs the coarse part of the same pyramid on that grid, with
+    the smoothing scaled to it. ANTs' own pyramid smooths and shrinks the
+    full-resolution images once per level; on a whole-body PET that set-up
+    and the finest level cost most of the time (benchmarks/bench_pipeline.py),
+    while PET's 4-7 mm FWHM carries little the coarser grid misses. Checked
+    against ``"full"`` on synthetic pairs with known motion
+    (tests/engine/test_registration.py): within 1 mm / 0.5 degree.
+    Smaller images keep the ``"full"`` schedule.
+    """
+    if schedule not in SCHEDULES:
+        raise InputError("BAD_VALUE", f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    iterations, shrinks, sigmas = default_pyramid(shape)
+    if schedule == "full" or min(int(n) for n in shape) < 64:
+        return Schedule(1, iterations, shrinks, sigmas, 0.1)
+    return FAST_WHOLE_BODY
+
+
+def _block_mean(array: np.ndarray, geom: Geometry, block: int) -> tuple[np.ndarray, Geometry]:
+    """``block``^3 voxel means (float32; trailing voxels of an axis that do not fill a block are dropped).
+
+    The mean of a block sits at the centre of its voxels: origin moves by
+    ``(block - 1) / 2`` voxels, spacing grows ``block`` times.
+    """
+    if block == 1:
+        return np.asarray(array, np.float32), geom
+    n = [s // block for s in array.shape]
+    cropped = np.asarray(array)[:n[0] * block, :n[1] * block, :n[2] * block]
+    out = cropped.reshape(n[0], block, n[1], block, n[2], block).mean(axis=(1, 3, 5), dtype=np.float32)
+    return out, Geometry(tuple(s * block for s in geom.spacing),  # type: ignore[arg-type]
+                         tuple(o + (block - 1) / 2 * s for o, s in zip(geom.origin, geom.spacing)))
+
+
 def default_pyramid(shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
     """(iterations, shrink factors, smoothing sigmas in voxels) of the registration pyramid.
 
@@ -256,11 +366,33 @@ def default_pyramid(shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, .
     return (200, 100, 50), (4, 2, 1), (2.0, 1.0, 0.0)
 
 
+def _resolve_schedule(shape: Sequence[int], schedule: str, iterations: Sequence[int] | None,
+                      shrink_factors: Sequence[int] | None, smoothing_sigmas: Sequence[float] | None,
+                      sampling_rate: float | None) -> Schedule:
+    """The schedule of :func:`register_rigid`: named, or an explicit full-resolution pyramid."""
+    sched = default_schedule(shape, schedule)
+    if iterations is not None or shrink_factors is not None or smoothing_sigmas is not None:
+        auto = default_pyramid(shape)  # an explicit pyramid runs on the full-resolution images
+        sched = Schedule(1, tuple(auto[0] if iterations is None else iterations),
+                         tuple(auto[1] if shrink_factors is None else shrink_factors),
+                         tuple(auto[2] if smoothing_sigmas is None else smoothing_sigmas), 0.1)
+    if len({len(sched.iterations), len(sched.shrink_factors), len(sched.smoothing_sigmas)}) != 1:
+        raise InputError("BAD_VALUE", "iterations, shrink_factors and smoothing_sigmas must have one entry "
+                                      f"per level, got {list(sched.iterations)}, {list(sched.shrink_factors)}, "
+                                      f"{list(sched.smoothing_sigmas)}")
+    if sampling_rate is not None:
+        sched = Schedule(sched.block, sched.iterations, sched.shrink_factors, sched.smoothing_sigmas,
+                         sampling_rate)
+    if not 0 < sched.sampling_rate <= 1:
+        raise InputError("BAD_VALUE", f"sampling_rate must be in (0, 1], got {sched.sampling_rate!r}")
+    return sched
+
+
 def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.ndarray, moving_geom: Geometry,
                    *, moving_mask: np.ndarray | None = None, seed: int = 42,
                    iterations: Sequence[int] | None = None, shrink_factors: Sequence[int] | None = None,
-                   smoothing_sigmas: Sequence[float] | None = None, sampling_rate: float = 0.1,
-                   max_translation_mm: float = MAX_TRANSLATION_MM,
+                   smoothing_sigmas: Sequence[float] | None = None, sampling_rate: float | None = None,
+                   schedule: str = "fast", max_translation_mm: float = MAX_TRANSLATION_MM,
                    max_rotation_deg: float = MAX_ROTATION_DEG) -> RegistrationResult:
     """Rigidly register the baseline PET (moving) onto the follow-up PET (fixed).
 
@@ -273,8 +405,12 @@ def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.n
     moving_mask : (Z, Y, X) ndarray of uint8, optional  baseline lesion mask on the baseline grid
     seed : int  random seed of the metric sampling (Mattes mutual information, regular sampling)
     iterations, shrink_factors, smoothing_sigmas : per level of the multi-resolution pyramid
-        (sigmas in voxels); None: :func:`default_pyramid` of the follow-up's shape.
-    sampling_rate : float in (0, 1]  fraction of voxels sampled by the metric
+        (sigmas in voxels), run on the full-resolution images; None (all three): the
+        ``schedule``'s.
+    sampling_rate : float in (0, 1], optional  fraction of voxels sampled by the metric
+        (default: the schedule's; 0.1 for an explicit pyramid)
+    schedule : {"fast", "full"}  see :func:`default_schedule`; ``"full"`` is the
+        full-resolution pyramid of :func:`default_pyramid`
     max_translation_mm, max_rotation_deg : float  plausibility limits
 
     Returns
@@ -291,36 +427,32 @@ def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.n
     SegmentationError
         ``REGISTRATION_FAILED`` when ANTs fails or an image is constant.
     InputError
-        ``BAD_SHAPE``, ``NON_FINITE``, ``GRID_MISMATCH`` for unusable inputs.
+        ``NOT_3D``, ``IMAGE_NOT_FINITE``, ``GRID_MISMATCH`` for unusable inputs.
     """
     fixed_pet = _check_image("fixed_pet", fixed_pet)
     moving_pet = _check_image("moving_pet", moving_pet)
     if moving_mask is not None and np.shape(moving_mask) != moving_pet.shape:
         raise InputError("GRID_MISMATCH", f"moving_mask shape {np.shape(moving_mask)} != moving_pet shape "
                                           f"{moving_pet.shape}")
-    auto = default_pyramid(fixed_pet.shape)
-    iterations = auto[0] if iterations is None else iterations
-    shrink_factors = auto[1] if shrink_factors is None else shrink_factors
-    smoothing_sigmas = auto[2] if smoothing_sigmas is None else smoothing_sigmas
-    levels = {len(iterations), len(shrink_factors), len(smoothing_sigmas)}
-    if len(levels) != 1:
-        raise InputError("BAD_PARAMETER", "iterations, shrink_factors and smoothing_sigmas must have one entry "
-                                          f"per level, got {list(iterations)}, {list(shrink_factors)}, "
-                                          f"{list(smoothing_sigmas)}")
-    if not 0 < sampling_rate <= 1:
-        raise InputError("BAD_PARAMETER", f"sampling_rate must be in (0, 1], got {sampling_rate!r}")
+    sched = _resolve_schedule(fixed_pet.shape, schedule, iterations, shrink_factors, smoothing_sigmas,
+                              sampling_rate)
     ants = _ants()
     fixed_img = _to_ants(ants, fixed_pet, fixed_geom)
     moving_img = _to_ants(ants, moving_pet, moving_geom)
+    if sched.block > 1:
+        fixed_reg = _to_ants(ants, *_block_mean(fixed_pet, fixed_geom, sched.block))
+        moving_reg = _to_ants(ants, *_block_mean(moving_pet, moving_geom, sched.block))
+    else:
+        fixed_reg, moving_reg = fixed_img, moving_img
     tmp = tempfile.mkdtemp(prefix="petcohort-reg-")
     try:
         with _seeded(ants, seed):
             try:
                 reg = ants.registration(
-                    fixed=fixed_img, moving=moving_img, type_of_transform="Rigid",
+                    fixed=fixed_reg, moving=moving_reg, type_of_transform="Rigid",
                     outprefix=os.path.join(tmp, "bl2fu_"), aff_metric="mattes", aff_sampling=32,
-                    aff_random_sampling_rate=float(sampling_rate), aff_iterations=tuple(iterations),
-                    aff_shrink_factors=tuple(shrink_factors), aff_smoothing_sigmas=tuple(smoothing_sigmas))
+                    aff_random_sampling_rate=float(sched.sampling_rate), aff_iterations=sched.iterations,
+                    aff_shrink_factors=sched.shrink_factors, aff_smoothing_sigmas=sched.smoothing_sigmas)
             except (RuntimeError, ValueError) as exc:
                 raise SegmentationError("REGISTRATION_FAILED", f"ANTs rigid registration failed: {exc}") from None
         tx_files = [f for f in reg["fwdtransforms"] if f.endswith(".mat")]
@@ -329,7 +461,10 @@ def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.n
         tx = ants.read_transform(tx_files[0])
         transform = RigidTransform(tuple(float(p) for p in tx.parameters),
                                    tuple(float(p) for p in tx.fixed_parameters))  # type: ignore[arg-type]
-        pet = _from_ants(reg["warpedmovout"]).astype(np.float32)
+        if sched.block > 1:  # ANTs warped the block-averaged PET: warp the full-resolution one
+            pet = _apply(ants, tx_files[0], moving_pet, moving_geom, fixed_img, "linear").astype(np.float32)
+        else:
+            pet = _from_ants(reg["warpedmovout"]).astype(np.float32)
         mask = None
         if moving_mask is not None:
             mask = (_apply(ants, tx_files[0], moving_mask, moving_geom, fixed_img, "genericLabel") > 0.5

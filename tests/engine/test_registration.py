@@ -12,8 +12,10 @@ from petcohort.engine.segment.registration import (
     RigidTransform,
     apply_transform,
     default_pyramid,
+    default_schedule,
     normalised_correlation,
     register_rigid,
+    transform_difference,
 )
 
 SHAPE = (28, 36, 36)
@@ -87,7 +89,7 @@ def test_bad_inputs():
     assert exc.value.reason == "REGISTRATION_FAILED"
     with pytest.raises(InputError) as exc:
         register_rigid(_phantom(), geom, _phantom()[:, :, :2], geom)
-    assert exc.value.reason == "BAD_SHAPE"
+    assert exc.value.reason == "NOT_3D"
     with pytest.raises(InputError) as exc:
         Geometry.from_attrs({"spacing": [1.0, -2.0, 1.0]})
     assert exc.value.reason == "BAD_GEOMETRY"
@@ -98,3 +100,81 @@ def test_bad_inputs():
 def test_default_pyramid_by_size():
     assert default_pyramid((336, 80, 160))[1] == (8, 4, 2)       # whole body: stop at half resolution
     assert default_pyramid(SHAPE)[1] == (4, 2, 1)
+
+
+# -- the "fast" schedule (block-averaged whole-body PETs) against the full-resolution one ------------------------
+WB_SHAPE = (80, 64, 72)            # shortest axis 64: a whole-body-sized grid for the schedules
+WB_SPACING = (4.0, 4.0, 4.0)
+
+
+def _rotation(axis_angle_deg) -> np.ndarray:
+    """Rotation matrix (x, y, z) of the rotation vector ``axis_angle_deg`` (degrees)."""
+    v = np.radians(np.asarray(axis_angle_deg, float))
+    theta = float(np.linalg.norm(v))
+    k = v / theta
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(theta) * kx + (1 - np.cos(theta)) * kx @ kx
+
+
+def _body(x, y, z) -> np.ndarray:
+    """Trunk-like phantom at physical points (mm): elliptic cylinder along z, a lung gap, hot blobs."""
+    img = 1.0 / (1.0 + np.exp((((x - 144) / 100) ** 2 + ((y - 128) / 70) ** 2 - 1.0) * 10))
+    img *= 1.0 / (1.0 + np.exp((np.abs(z - 160) - 130) / 6))                 # finite length along z
+    img -= 0.6 * np.exp(-(((x - 110) / 25) ** 2 + ((y - 120) / 30) ** 2 + ((z - 220) / 40) ** 2))
+    for (cx, cy, cz), amp, r in [((100, 110, 80), 6.0, 8), ((190, 150, 150), 4.0, 12), ((150, 90, 230), 5.0, 9),
+                                 ((120, 160, 260), 3.0, 7), ((170, 120, 60), 8.0, 6)]:
+        img += amp * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * r * r))
+    return img
+
+
+def _known_motion_pair(rot_deg, t_xyz):
+    """Follow-up and baseline PETs of the same anatomy; the baseline moved by a known rigid transform.
+
+    Truth: the follow-up point p is the baseline point ``R (p - c) + c + t`` (ITK's convention, c the grid centre).
+    """
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(WB_SHAPE, WB_SPACING)], indexing="ij")
+    c = np.array([(n - 1) * s / 2 for n, s in zip(WB_SHAPE[::-1], WB_SPACING[::-1])])   # x, y, z
+    rot = _rotation(rot_deg)
+    q = np.stack([x, y, z], axis=-1).reshape(-1, 3)
+    p = (q - c - np.asarray(t_xyz)) @ rot + c                                  # R^T (q - c - t) + c
+    fu = _body(x, y, z).astype(np.float32)
+    bl = _body(*p.T).reshape(WB_SHAPE).astype(np.float32)
+    return fu, bl, RigidTransform(tuple(rot.ravel()) + tuple(t_xyz), tuple(c))
+
+
+@pytest.mark.parametrize("rot_deg, t_xyz", [((0.0, 0.0, 2.0), (4.0, -3.0, 6.0)),
+                                            ((1.5, -1.0, 0.0), (-5.0, 2.5, -4.0))])
+def test_fast_schedule_within_tolerance_of_full(rot_deg, t_xyz):
+    """Issue 12: the block-averaged schedule stays within 1 mm / 0.5 degree of the full-resolution one."""
+    geom = Geometry(WB_SPACING, (0.0, 0.0, 0.0))
+    fu, bl, truth = _known_motion_pair(rot_deg, t_xyz)
+    assert default_schedule(WB_SHAPE).block > 1 and default_schedule(WB_SHAPE, "full").block == 1
+    fast = register_rigid(fu, geom, bl, geom, seed=42)
+    full = register_rigid(fu, geom, bl, geom, seed=42, schedule="full")
+    mm, deg = transform_difference(fast.transform, full.transform)
+    assert mm <= 1.0 and deg <= 0.5, (mm, deg)
+    for res in (fast, full):                                   # both found the known motion
+        mm, deg = transform_difference(truth, res.transform)
+        assert mm <= 2.0 and deg <= 1.0, (mm, deg)
+        assert not res.flagged and res.corr_after > res.corr_before
+    assert fast.pet.shape == WB_SHAPE and fast.pet.dtype == np.float32
+
+
+def test_transform_difference_and_schedules():
+    a = RigidTransform(tuple(np.eye(3).ravel()) + (1.0, 2.0, 2.0), (10.0, 0.0, 0.0))
+    b = RigidTransform(tuple(_rotation((0.0, 0.0, 0.3)).ravel()) + (1.0, 2.0, 2.0), (10.0, 0.0, 0.0))
+    assert transform_difference(a, a) == (0.0, 0.0)
+    mm, deg = transform_difference(a, b)
+    assert mm == pytest.approx(0.0, abs=1e-12) and deg == pytest.approx(0.3, abs=1e-9)
+    assert default_schedule(SHAPE).block == 1                  # small images: full resolution
+    with pytest.raises(InputError) as exc:
+        default_schedule(SHAPE, "quick")
+    assert exc.value.reason == "BAD_VALUE"
+
+
+def test_correlation_chunked_equals_direct():
+    rng = np.random.default_rng(0)
+    a = rng.random(300_001).astype(np.float32)
+    b = (a + rng.random(a.size).astype(np.float32)).astype(np.float32)
+    direct = np.corrcoef(a.astype(np.float64), b.astype(np.float64))[0, 1]
+    assert normalised_correlation(a, b) == pytest.approx(direct, rel=1e-12)
