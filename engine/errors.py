@@ -1,14 +1,26 @@
 """The one error hierarchy of petcohort.
 
 Every error a user can meet carries a machine-readable ``reason`` code (upper
-snake case, e.g. ``SUV_MISSING_WEIGHT``) and a human message. The root derives
-from ``ValueError`` (as zarr-python's errors do) so callers that only know the
-standard library still catch it.
+snake case, e.g. ``SUV_MISSING_WEIGHT``) and a human message. The codes and
+their meanings are registered once in :mod:`petcohort.engine.reasons`; an
+unregistered code is refused with ``TypeError`` (a programming error).
+
+The root derives from ``ValueError`` (as zarr-python's errors do) so callers
+that only know the standard library still catch it. A code of kind ``type``
+(a value of the wrong type, e.g. ``BAD_TYPE``) makes the error an instance of
+a ``TypeError`` subclass too (:class:`PetCohortTypeError`), as Python's own
+convention asks: ``InputError("BAD_TYPE", ...)`` is caught by
+``except InputError``, ``except PetCohortError`` and ``except TypeError``.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from petcohort.engine import reasons as _reasons
+
 __all__ = [
     "PetCohortError",
+    "PetCohortTypeError",
     "InputError",
     "DicomError",
     "SuvError",
@@ -28,21 +40,55 @@ class PetCohortError(ValueError):
     Parameters
     ----------
     reason : str
-        Machine-readable reason code (``[A-Z0-9_]+``), recorded in manifests.
+        Registered reason code (:data:`petcohort.engine.reasons.REASONS`),
+        recorded in manifests.
     message : str
         What went wrong, naming the parameter or tag, the value received and
         what was expected.
+
+    Raises
+    ------
+    TypeError
+        When ``reason`` is not a registered code.
     """
 
+    def __new__(cls, reason: str, message: str = "", *args: Any) -> PetCohortError:
+        # A type-kind code picks the TypeError-derived twin of the class asked for, so the raise
+        # site names its domain class and the registry decides the builtin base (PEP 3151 style).
+        if _reasons.is_type_code(reason) and not issubclass(cls, TypeError):
+            cls = _type_twin(cls)
+        return super().__new__(cls, reason, message, *args)
+
     def __init__(self, reason: str, message: str) -> None:
-        if not reason or not reason.replace("_", "").isalnum() or reason.upper() != reason:
-            raise TypeError(f"reason must be an UPPER_SNAKE code, got {reason!r}")
+        _reasons.require(reason)
         self.reason = reason
         self.message = message
         super().__init__(f"[{reason}] {message}")
 
     def __reduce__(self):  # keep reason/message across pickling (Dask workers)
-        return (type(self), (self.reason, self.message))
+        # the declared class, not a twin: unpickling re-derives the twin from the reason
+        return (_declared(type(self)), (self.reason, self.message))
+
+
+class PetCohortTypeError(PetCohortError, TypeError):
+    """A petcohort error about a value of the wrong type (a ``TypeError`` too)."""
+
+
+_TWINS: dict[type, type] = {PetCohortError: PetCohortTypeError}
+
+
+def _type_twin(cls: type) -> type:
+    """``cls`` combined with :class:`PetCohortTypeError` (made once per class)."""
+    twin = _TWINS.get(cls)
+    if twin is None:
+        twin = type(cls.__name__.removesuffix("Error") + "TypeError", (cls, PetCohortTypeError),
+                    {"__module__": cls.__module__, "__doc__": cls.__doc__, "_declared_class": cls})
+        _TWINS[cls] = twin
+    return twin
+
+
+def _declared(cls: type) -> type:
+    return cls.__dict__.get("_declared_class", cls)
 
 
 class InputError(PetCohortError):

@@ -106,7 +106,7 @@ def baseline_keys(studies: Mapping[str, Mapping[str, Any]]) -> dict[str, str | N
 
     Baselines map to None; a follow-up whose patient has no baseline in
     ``studies`` maps to None too (its baseline-needing stages then fail
-    with ``BASELINE_MISSING``).
+    with ``NO_BASELINE``).
     """
     first: dict[str, str] = {}
     for key in sorted(studies):

@@ -154,7 +154,7 @@ def _ints(text: Optional[str], name: str) -> Optional[list[int]]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        typer.echo(f"error: [BAD_PARAMETER] {name} must be comma-separated integers, got {text!r}", err=True)
+        typer.echo(f"error: [BAD_VALUE] {name} must be comma-separated integers, got {text!r}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -166,7 +166,7 @@ def _floats3(text: Optional[str], name: str) -> Optional[tuple[float, float, flo
     except ValueError:
         values = ()
     if len(values) != 3:
-        typer.echo(f"error: [BAD_PARAMETER] {name} must be three comma-separated numbers (z,y,x), got {text!r}",
+        typer.echo(f"error: [BAD_VALUE] {name} must be three comma-separated numbers (z,y,x), got {text!r}",
                    err=True)
         raise typer.Exit(2)
     return values  # type: ignore[return-value]
@@ -367,6 +367,19 @@ def manifest(
                    else "every study-stage is up to date")
         return
     typer.echo(frame.to_json(orient="records") if as_json else frame.to_string())
+
+
+@app.command()
+def reasons(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List every reason code with its category and meaning (the table of docs/reasons.md)."""
+    from petcohort.engine.reasons import REASONS
+
+    rows = [r._asdict() for r in REASONS.values()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["code"]) for r in rows)
+    typer.echo("\n".join(f"{r['code']:<{width}}  {r['category']:<8}  {r['meaning']}" for r in rows))
 
 
 @app.command()

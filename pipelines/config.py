@@ -8,7 +8,8 @@
     percist:      {sphere_mm: 30.0, pct_change: 30.0, abs_change: 0.8, tlg_increase_pct: 75.0, ...}
     suv:          {clip: 5.0, lbm: janmahasatian, always_backcompute: false}
     segment:      {model_bl: null, model_fu: null, folds: null, fold_map: null, tta: true,
-                   tile_step: 0.5, device: auto, fu_mask_source: auto}
+                   tile_step: 0.5, device: auto, fu_mask_source: auto, channel_map: null,
+                   lesion_label: null}
     registration: {seed: 42}
     tracking:     {max_distance_mm: 20.0, overlap_min: 0.1}
     analysis:     {sources: null}
@@ -59,12 +60,14 @@ def _kernel_default(module: str, name: str, param: str | None = None) -> Any:
 
 
 # -- value checks (each returns the normalised value or raises ConfigError naming the key) -----
-def _bad(where: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError("CONFIG_BAD_VALUE", f"{where} must be {expected}, got {value!r}")
+def _bad(where: str, expected: str, value: Any, reason: str = "BAD_VALUE") -> ConfigError:
+    return ConfigError(reason, f"{where} must be {expected}, got {value!r}")
 
 
 def _real(where: str, value: Any, expected: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(where, expected, value, "BAD_TYPE")
+    if not math.isfinite(value):
         raise _bad(where, expected, value)
     return float(value)
 
@@ -92,7 +95,7 @@ def _fraction(where: str, value: Any) -> float:
 
 def _boolean(where: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _bad(where, "true or false", value)
+        raise _bad(where, "true or false", value, "BAD_TYPE")
     return value
 
 
@@ -135,10 +138,26 @@ def _path(kind: str) -> Check:
         p = Path(value).expanduser()
         if not (p.is_dir() if kind == "folder" else p.is_file()):
             # the key names the problem; the path itself is the user's own option
-            raise ConfigError("CONFIG_BAD_VALUE", f"{where}: {kind} {str(value)!r} does not exist")
+            raise ConfigError("BAD_VALUE", f"{where}: {kind} {str(value)!r} does not exist")
         return str(p.resolve())
 
     return check
+
+
+def _channel_map(where: str, value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    roles = _kernel_default(_MODEL, "ROLES")
+    if not isinstance(value, Mapping) or any(not isinstance(k, str) or not k.strip() or v not in roles
+                                             for k, v in value.items()):
+        raise _bad(where, "null or a mapping {model channel name: " + " | ".join(roles) + "}", value)
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _label_name(where: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise _bad(where, "null or the name of a label in the model's dataset.json labels", value)
+    return value
 
 
 def _pair_check(where: str, value: Any) -> tuple[float, float]:
@@ -195,6 +214,7 @@ _TRACKING = "petcohort.engine.stats.tracking"
 _REGISTRATION = "petcohort.engine.segment.registration"
 _EXPORT = "petcohort.storage.nnunet_export"
 _SUV = "petcohort.storage.suv_header"
+_MODEL = "petcohort.engine.segment.nnunet_model"
 
 
 @dataclass(frozen=True)
@@ -289,6 +309,11 @@ class SegmentConfig(_Section):
     tile_step: float = _spec(_fraction, "sliding-window step (fraction of the patch)", default=0.5)
     device: str = _spec(_choice("auto", "cpu", "cuda"), "inference device", default="auto")
     fu_mask_source: str = _spec(_choice(*MASK_SOURCES), "baseline mask channel of U-Net_FU", default="auto")
+    channel_map: dict[str, str] | None = _spec(
+        _channel_map, "model channel name -> pet | ct | baseline_pet | baseline_mask, for names the synonyms "
+                      "miss (PET/SUV/PT/SUVbw, CT/CTres/CT_HU, PET_BL, noNorm, ...)", default=None)
+    lesion_label: str | None = _spec(_label_name, "lesion label name in dataset.json labels (null: lesion/tumor/"
+                                                  "tumour/lesions, or the only foreground label)", default=None)
 
 
 @dataclass(frozen=True)
@@ -331,7 +356,7 @@ _FLAT = {"connectivity": "quantify.connectivity", "radius_mm": "quantify.radius_
          "lbm": "suv.lbm", "sources": "analysis.sources"}
 #: ``extra`` keys of the former RunConfig that are now typed -> dotted keys.
 _EXTRA = {**{k: f"segment.{k}" for k in ("model_bl", "model_fu", "folds", "fold_map", "tta", "tile_step",
-                                          "device", "fu_mask_source")},
+                                          "device", "fu_mask_source", "channel_map", "lesion_label")},
           "registration_seed": "registration.seed"}
 
 
@@ -374,7 +399,7 @@ def _section(name: str, value: Any) -> Any:
     if isinstance(value, cls):
         return value
     if not isinstance(value, Mapping):
-        raise ConfigError("CONFIG_BAD_VALUE", f"section {name} must be a mapping of keys, got {value!r}")
+        raise ConfigError("BAD_TYPE", f"section {name} must be a mapping of keys, got {value!r}")
     for key in value:
         normalize_key(f"{name}.{key}")
     return cls(**dict(value))
@@ -475,7 +500,7 @@ class RunConfig:
         if d is None:
             return cls()
         if not isinstance(d, Mapping):
-            raise ConfigError("CONFIG_BAD_VALUE", f"a run configuration must be a mapping of sections, got "
+            raise ConfigError("BAD_TYPE", f"a run configuration must be a mapping of sections, got "
                                                   f"{type(d).__name__}")
         for name in d:
             normalize_key(str(name))
@@ -510,12 +535,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError("CONFIG_BAD_VALUE", f"--set expects KEY=VALUE (e.g. quantify.radius_mm=6.0), got "
+            raise ConfigError("BAD_VALUE", f"--set expects KEY=VALUE (e.g. quantify.radius_mm=6.0), got "
                                                   f"{item!r}")
         try:
             out[normalize_key(key.strip())] = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError("CONFIG_BAD_VALUE", f"--set {key.strip()}: value {text!r} is not YAML: {exc}") from None
+            raise ConfigError("BAD_VALUE", f"--set {key.strip()}: value {text!r} is not YAML: {exc}") from None
     return out
 
 
@@ -526,7 +551,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     ------
     ConfigError
         ``CONFIG_FILE_MISSING``, ``CONFIG_BAD_YAML``, ``CONFIG_UNKNOWN_FIELD``
-        (unknown section or key, named), ``CONFIG_BAD_VALUE`` (the key and the
+        (unknown section or key, named), ``BAD_VALUE`` (the key and the
         expected type/range).
     """
     config = RunConfig()

@@ -10,7 +10,7 @@ failed (``EXPORT_NOT_INGESTED``); a source is skipped when it is not in the
 quantify record (``EXPORT_SOURCE_MISSING``) or its lesion labels no longer
 match that record (``EXPORT_LABELS_MISMATCH``: another ``--connectivity``, or
 a mask changed after quantify). A writer error skips its source with the
-writer's reason, or ``EXPORT_FAILED`` (exception type only) for a foreign one.
+writer's reason, or ``INTERNAL_ERROR`` (exception type only) for a foreign one.
 
 Lesions and values are exactly the quantify records' (the ``lesions`` table's
 source): lesion ``i`` of the label map of
@@ -225,7 +225,7 @@ def export_study(store, key: str, source_study, quantify: dict[str, Any], source
         except PetCohortError as exc:
             skipped.append(_skip(key, exc.reason, exc.message, src))
         except Exception as exc:  # noqa: BLE001 - e.g. highdicom refusing odd source headers: skip this source only
-            skipped.append(_skip(key, "EXPORT_FAILED", _unexpected(exc), src))
+            skipped.append(_skip(key, "INTERNAL_ERROR", _unexpected(exc), src))
     return exported, skipped
 
 
@@ -267,7 +267,7 @@ def export_dicom(store, src: str | os.PathLike, out: str | os.PathLike, *, sourc
         if not _SOURCE_NAME.match(name):
             raise InputError("EXPORT_BAD_SOURCE", f"source name {name!r} is not a store source name")
     if not Path(src).is_dir():
-        raise InputError("EXPORT_NO_SOURCE", "the source archive folder given to export does not exist")
+        raise InputError("FILE_NOT_FOUND", "the source archive folder given to export does not exist")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     located = locate_sources(src, store, pet_series=pet_series)
@@ -304,6 +304,6 @@ def _export_one(store, key: str, found, cohort, sources, out: Path, tracks: _Tra
     except PetCohortError as exc:
         exported, skipped = [], [_skip(key, exc.reason, exc.message)]
     except Exception as exc:  # noqa: BLE001 - one bad study must not stop the others
-        exported, skipped = [], [_skip(key, "EXPORT_FAILED", _unexpected(exc))]
+        exported, skipped = [], [_skip(key, "INTERNAL_ERROR", _unexpected(exc))]
     report["exported"].extend(exported)
     report["skipped"].extend(skipped)

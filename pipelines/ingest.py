@@ -138,7 +138,7 @@ def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrid
     src = Path(src)
     if not src.exists():
         # the path itself may name a patient: not echoed
-        raise InputError("INGEST_NO_SOURCE", "the source folder given to ingest does not exist")
+        raise InputError("FILE_NOT_FOUND", "the source folder given to ingest does not exist")
     # bad options are the caller's error: raise before touching the store
     opts = IngestOptions.build(overrides, pet_series, ct_series, mask_label)
     store = _open_store(store_url)
@@ -173,7 +173,7 @@ def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrid
             continue
         except Exception as exc:  # noqa: BLE001 - one bad study must not stop the others
             # the text of a foreign exception may hold a source path (patient names): record the type only
-            err = InputError("INGEST_UNEXPECTED_ERROR", f"unexpected {type(exc).__name__} while ingesting")
+            err = InputError("INTERNAL_ERROR", f"unexpected {type(exc).__name__} while ingesting")
             log.warning("ingest of %s failed: unexpected %s", cand.key or source, type(exc).__name__)
             result["failed"].append({"source": source, "key": cand.key, "reason": err.reason, "message": err.message})
             if cand.key is not None:
@@ -579,7 +579,7 @@ def _load_nifti(folder: Path, ov: SuvOverrides) -> tuple[dict[str, np.ndarray], 
         if height is None:
             raise SuvError("SUV_MISSING_HEIGHT", "study.json has no height_m")
         if sex not in ("M", "F"):
-            raise SuvError("SUV_MISSING_SEX" if sex is None else "SUL_UNSUPPORTED_SEX",
+            raise SuvError("SUV_MISSING_SEX" if sex is None else "SUV_UNSUPPORTED_SEX",
                            f"SUL needs sex 'M' or 'F', got {sex!r}")
         sul, lbm_kg = suv_kernels.sul_per_suvbw(suv_kernels.Body(float(weight), float(height), sex))
     except SuvError as exc:
@@ -594,7 +594,7 @@ def _load_nifti(folder: Path, ov: SuvOverrides) -> tuple[dict[str, np.ndarray], 
                      "lbm_kg": lbm_kg, "source_file": "SUV.nii.gz"},
              "sul_per_suvbw": sul, "sul_reason": sul_reason, "source": "nifti"}
     if uptake is None:
-        attrs["uptake_min_reason"] = "UPTAKE_UNKNOWN"
+        attrs["uptake_min_reason"] = "UPTAKE_TIME_UNKNOWN"
     arrays = {"pet": study.pet, "ct": study.ct}
     if study.seg is not None:
         arrays["seg/manual"] = study.seg

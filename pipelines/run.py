@@ -158,7 +158,7 @@ def plan_run(store: Any, registry: dict[str, Stage], names: list[str], *, config
     """
     # A study whose ingest failed is a placeholder holding only its failure
     # record (pipelines/ingest.py): nothing to analyse; its follow-ups then
-    # fail with BASELINE_MISSING.
+    # fail with NO_BASELINE.
     studies = {k: a for k in store.study_keys() if not (a := store.study_attrs(k)).get("ingest_failed")}
     records = store.stage_records()
     stage_arrays: dict[str, set[str]] = {}
@@ -383,7 +383,8 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
     StoreError
         ``STORE_LOCKED`` when another run holds the store; ``NOT_A_STORE``.
     ConfigError, ClusterError
-        Bad ``stages`` or cluster file; cluster unreachable.
+        Bad ``stages`` or cluster file; cluster unreachable; an nnU-Net model
+        that cannot run (``stage_segment.validate_models``), before any study.
     """
     from petcohort.storage.store import CohortStore  # noqa: PLC0415
 
@@ -393,6 +394,11 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
     left_out = sorted(set(stage_order()) - set(names)) if stages is None else []
     if left_out:
         log.info("stages left out (no model folder configured: --model-bl/--model-fu): %s", ", ".join(left_out))
+    # nnU-Net models (files, architecture, channel and label binding) are checked once
+    # here, so that a model that cannot run is refused before any store or worker is touched
+    from petcohort.pipelines.stage_segment import validate_models  # noqa: PLC0415
+
+    validate_models(config, names)
     # Model stages write the seg/* masks every later stage reads, so they run
     # as a first phase: the analysis stages are planned once those committed.
     last_model = max((names.index(s) for s in MODEL_STAGES if s in names), default=-1)

@@ -130,7 +130,7 @@ def upstream_records(store: Any, job: StageJob) -> dict[str, dict[str, Any] | No
 def upstream_problem(job: StageJob, records: dict[str, dict[str, Any] | None]) -> tuple[str, str] | None:
     """(reason, message) when an input of the job is missing or failed, else None."""
     if job.stage.needs_baseline and job.baseline is None:
-        return "BASELINE_MISSING", (f"stage {job.stage.name!r} needs the baseline study of {job.study!r}, "
+        return "NO_BASELINE", (f"stage {job.stage.name!r} needs the baseline study of {job.study!r}, "
                                     "which is not in the store")
     for name, rec in records.items():
         if rec is None:

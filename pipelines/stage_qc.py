@@ -41,11 +41,11 @@ def coronal_mip(volume: np.ndarray) -> np.ndarray:
     Raises
     ------
     InputError
-        ``QC_BAD_VOLUME`` when ``volume`` is not 3D or is empty.
+        ``NOT_3D`` when ``volume`` is not 3D or is empty.
     """
     arr = np.asarray(volume)
     if arr.ndim != 3 or 0 in arr.shape:
-        raise InputError("QC_BAD_VOLUME", f"volume must be a non-empty (Z, Y, X) array, got shape {arr.shape}")
+        raise InputError("NOT_3D", f"volume must be a non-empty (Z, Y, X) array, got shape {arr.shape}")
     return arr.max(axis=1)[::-1]
 
 
@@ -64,15 +64,15 @@ def pet_mip_uint8(pet: np.ndarray, *, window: tuple[float, float] = SUV_WINDOW) 
     Raises
     ------
     InputError
-        ``QC_BAD_WINDOW`` when ``high <= low``; ``QC_BAD_VOLUME`` (see :func:`coronal_mip`).
+        ``BAD_VALUE`` when ``high <= low``; ``NOT_3D`` (see :func:`coronal_mip`).
     """
     low, high = float(window[0]), float(window[1])
     if not high > low:
-        raise InputError("QC_BAD_WINDOW", f"window must be (low, high) with high > low, got {window!r}")
+        raise InputError("BAD_VALUE", f"window must be (low, high) with high > low, got {window!r}")
     mip = coronal_mip(pet).astype(np.float64)
     # NaN would silently become 0 in the cast; a PET with NaN is a broken input.
     if not np.isfinite(mip).all():
-        raise InputError("QC_NONFINITE_PET", "pet holds NaN or infinite SUV values; expected finite SUVbw")
+        raise InputError("IMAGE_NOT_FINITE", "pet holds NaN or infinite SUV values; expected finite SUVbw")
     scaled = (np.clip(mip, low, high) - low) / (high - low) * 255.0
     return np.rint(scaled).astype(np.uint8)
 
@@ -100,7 +100,7 @@ def qc_stage(ctx: StageContext) -> StageOutput:
     """
     pet = ctx.store.read_array(ctx.key, "pet")
     if pet.ndim != 3:
-        raise InputError("QC_BAD_VOLUME", f"pet of study {ctx.key} must be (Z, Y, X), got shape {pet.shape}")
+        raise InputError("NOT_3D", f"pet of study {ctx.key} must be (Z, Y, X), got shape {pet.shape}")
     arrays: dict[str, np.ndarray] = {"qc/mip_pet": pet_mip_uint8(pet)}
     sources = []
     for name in ctx.store.array_names(ctx.key):
@@ -111,7 +111,7 @@ def qc_stage(ctx: StageContext) -> StageOutput:
             continue
         mask = ctx.store.read_array(ctx.key, name)
         if mask.shape != pet.shape:
-            raise InputError("QC_GRID_MISMATCH", f"{name} of study {ctx.key} has shape {mask.shape}, "
+            raise InputError("GRID_MISMATCH", f"{name} of study {ctx.key} has shape {mask.shape}, "
                                                  f"expected the PET shape {pet.shape}")
         arrays[f"qc/mip_{source}"] = mask_mip_uint8(mask)
         sources.append(source)

@@ -34,7 +34,7 @@ _FRAME_S = 120.0
 
 
 def _bad(name: str, value: Any, expected: str) -> InputError:
-    return InputError("SYNTH_BAD_PARAMETER", f"{name} must be {expected}, got {value!r}")
+    return InputError("BAD_VALUE", f"{name} must be {expected}, got {value!r}")
 
 
 def _check(patients, sites, seed, fmt, voxel_mm, fov_scale) -> None:
@@ -160,7 +160,7 @@ def _attrs(design: PatientDesign, t: int, sim: SimulatedStudy, key_patient: str,
                 "half_life_s": F18_HALF_LIFE_S, "decayed_dose_bq": f["decayed_dose_bq"],
                 "lbm_formula": "janmahasatian"},
         "sul_per_suvbw": f["sul_per_suvbw"],
-        "sul_reason": None if f["sul_per_suvbw"] is not None else "SUL_SEX_UNKNOWN",
+        "sul_reason": None if f["sul_per_suvbw"] is not None else "SUV_MISSING_SEX",
         "source": "synthetic", "fwhm_mm": v.scanner.fwhm_mm, "noise_cov_liver": sim.cov_liver,
     }
 
@@ -251,7 +251,7 @@ def synthesize(out, *, patients: int = 12, sites: int = 2, seed: int = 0, fmt: s
 
     Raises
     ------
-    InputError  ``SYNTH_BAD_PARAMETER`` naming the parameter.
+    InputError  ``BAD_VALUE`` naming the parameter.
     """
     _check(patients, sites, seed, fmt, voxel_mm, fov_scale)
     t0 = time.perf_counter()

@@ -95,7 +95,7 @@ def train(raw_dir: str | os.PathLike, work_dir: str | os.PathLike, *, dataset_id
     splits = json.loads(splits_file.read_text())
     bad = [f for f in folds if not (isinstance(f, int) and 0 <= f < len(splits))]
     if bad or not folds:
-        raise InputError("BAD_PARAMETER", f"folds must be ints in 0..{len(splits) - 1}, got {list(folds)}")
+        raise InputError("BAD_VALUE", f"folds must be ints in 0..{len(splits) - 1}, got {list(folds)}")
     if device == "auto":
         device = nnunet.default_device()
     pre, res = work / "preprocessed", work / "results"

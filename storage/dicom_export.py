@@ -133,7 +133,7 @@ def source_frames(labels: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
     reversing an axis is its own inverse, so the ingest flips are applied again.
     """
     if labels.ndim != 3:
-        raise InputError("BAD_VOLUME", f"labels must be (Z, Y, X), got shape {labels.shape}")
+        raise InputError("NOT_3D", f"labels must be (Z, Y, X), got shape {labels.shape}")
     flip_y, flip_x = flips
     out = labels
     if flip_y:
@@ -147,7 +147,7 @@ def sul_concepts(lbm_formula: str | None) -> tuple[hd.sr.CodedConcept, hd.sr.Cod
     """(quantity, unit) of SUL for the study's LBM formula (default Janmahasatian, METHODS.md)."""
     key = (lbm_formula or "janmahasatian").lower()
     if key not in _SUL:
-        raise InputError("EXPORT_BAD_LBM_FORMULA", f"lbm_formula {lbm_formula!r} has no DICOM code; "
+        raise InputError("BAD_VALUE", f"lbm_formula {lbm_formula!r} has no DICOM code; "
                          f"expected one of {sorted(_SUL)}")
     return _SUL[key]
 

@@ -389,7 +389,7 @@ def _select(obj: MaskObject, label_regex: str | None, with_lesions: bool) -> tup
         try:
             pattern = re.compile(label_regex, re.IGNORECASE)
         except re.error as exc:
-            raise InputError("MASK_BAD_LABEL_REGEX", f"--mask-label {label_regex!r} is not a valid "
+            raise InputError("BAD_REGEX", f"--mask-label {label_regex!r} is not a valid "
                              f"regular expression: {exc}") from exc
     chosen = {s.number for s in obj.segments if with_lesions
               and (s.role == "lesion" if pattern is None else pattern.search(s.label) is not None)}
@@ -429,7 +429,7 @@ def rasterise_mask(obj: MaskObject, grid: PetGrid, *, label_regex: str | None = 
         MASK_NO_LESION_SEGMENT, MASK_EMPTY, MASK_CONTOURS_OFF_GRID. A SEG whose frames lie on another
         regular grid of the frame of reference is resampled (warning ``MASK_RESAMPLED``), not refused.
     InputError
-        MASK_BAD_LABEL_REGEX.
+        BAD_REGEX.
     """
     chosen, organ_role, ignored = _select(obj, label_regex, lesions)
     if lesions and not chosen:

@@ -62,7 +62,7 @@ def encode_pet_int16(suv: np.ndarray, factors: float | Sequence[float] | np.ndar
     """
     suv = np.asarray(suv, dtype=np.float64)
     if suv.ndim != 3 or not np.all(np.isfinite(suv)):
-        raise InputError("BAD_VOLUME", f"suv must be a finite (Z, Y, X) array, got shape {suv.shape}")
+        raise InputError("NOT_3D", f"suv must be a finite (Z, Y, X) array, got shape {suv.shape}")
     f = _per_slice(factors, suv.shape[0])
     rescaled = suv / f[:, None, None]
     peak = np.abs(rescaled).max(axis=(1, 2))
@@ -129,7 +129,7 @@ def _geometry(ds: Dataset, z: int, shape: tuple[int, int, int], spacing: Sequenc
 
 def _check_volume(name: str, volume: np.ndarray, spacing, origin) -> None:
     if volume.ndim != 3:
-        raise InputError("BAD_VOLUME", f"{name} must be (Z, Y, X), got shape {volume.shape}")
+        raise InputError("NOT_3D", f"{name} must be (Z, Y, X), got shape {volume.shape}")
     if len(spacing) != 3 or len(origin) != 3 or min(float(s) for s in spacing) <= 0:
         raise InputError("BAD_GEOMETRY", f"spacing/origin must be 3 values (z, y, x) mm with spacing > 0, "
                          f"got spacing={spacing!r} origin={origin!r}")
@@ -240,7 +240,7 @@ def write_pet_series(folder: str | os.PathLike, suv_volume: np.ndarray, *, spaci
             elif cnts_scale == "philips_acsf":
                 block.add_new(0x09, "DS", ds_value(philips_acsf))
             else:
-                raise InputError("BAD_OPTION",
+                raise InputError("BAD_VALUE",
                                  f"cnts_scale must be 'philips_suv' or 'philips_acsf', got {cnts_scale!r}")
             ds.Units = "CNTS"
     elif units in ("GML", "CM2ML"):
@@ -253,7 +253,7 @@ def write_pet_series(folder: str | os.PathLike, suv_volume: np.ndarray, *, spaci
             for ds in datasets:
                 ds.private_block(0x7053, "Philips PET Private Group", create=True).add_new(0x00, "DS", "12345")
     else:
-        raise InputError("BAD_OPTION", f"units must be BQML, CNTS, GML or CM2ML, got {units!r}")
+        raise InputError("BAD_VALUE", f"units must be BQML, CNTS, GML or CM2ML, got {units!r}")
     report = suv_from_datasets(datasets)
     factors = _factors(datasets, report)
     stored, slopes = encode_pet_int16(suv_volume, factors)

@@ -372,7 +372,7 @@ def validate_key(key: object, *, what: str = "key") -> str:
         ``BAD_KEY``, naming ``what`` and the offending value.
     """
     if not isinstance(key, str):
-        raise StoreError("BAD_KEY", f"{what} must be a str, got {type(key).__name__}")
+        raise StoreError("BAD_TYPE", f"{what} must be a str, got {type(key).__name__}")
     problem = None
     if not key:
         problem = "is empty"

@@ -49,7 +49,7 @@ LABELS = {"background": 0, "lesion": 1}
 def dataset_name(dataset_id: int, network: str) -> str:
     """nnU-Net dataset folder name, e.g. ``Dataset501_PetCohortBL``."""
     if not (isinstance(dataset_id, int) and 1 <= dataset_id <= 999):
-        raise InputError("BAD_PARAMETER", f"dataset_id must be an int in 1..999, got {dataset_id!r}")
+        raise InputError("BAD_VALUE", f"dataset_id must be an int in 1..999, got {dataset_id!r}")
     return f"Dataset{dataset_id:03d}_PetCohort{network}"
 
 
@@ -69,7 +69,7 @@ def make_folds(patients: dict[str, dict[str, Any]], *, n_folds: int = 5, seed: i
     folds and fold sizes differ by at most one patient.
     """
     if not isinstance(n_folds, int) or n_folds < 2:
-        raise InputError("BAD_PARAMETER", f"n_folds must be an int >= 2, got {n_folds!r}")
+        raise InputError("BAD_VALUE", f"n_folds must be an int >= 2, got {n_folds!r}")
     if len(patients) < n_folds:
         raise InputError("TOO_FEW_PATIENTS", f"{n_folds}-fold cross-validation needs >= {n_folds} patients "
                                              f"with manual masks, got {len(patients)}")
@@ -117,7 +117,7 @@ def write_case(store, key: str, folder: str | os.PathLike, network: str = "BL", 
     This is the input layout of stock ``nnUNetv2_predict`` too. Returns the paths written.
     """
     if network not in ("BL", "FU"):
-        raise InputError("BAD_PARAMETER", f"network must be 'BL' or 'FU', got {network!r}")
+        raise InputError("BAD_VALUE", f"network must be 'BL' or 'FU', got {network!r}")
     a = store.study_attrs(key)
     chans = [clipped_pet(store, key, suv_clip=suv_clip), store.read_array(key, "ct")]
     if network == "FU":
@@ -167,11 +167,11 @@ def export_nnunet(store, out_dir: str | os.PathLike, *, dataset_id_bl: int = 501
            "skipped": {study: reason}}
     """
     if not (isinstance(suv_clip, (int, float)) and suv_clip > 0):
-        raise InputError("BAD_PARAMETER", f"suv_clip must be a positive number, got {suv_clip!r}")
+        raise InputError("BAD_VALUE", f"suv_clip must be a positive number, got {suv_clip!r}")
     out = Path(out_dir)
     names = {"BL": dataset_name(dataset_id_bl, "BL"), "FU": dataset_name(dataset_id_fu, "FU")}
     if dataset_id_bl == dataset_id_fu:
-        raise InputError("BAD_PARAMETER", f"dataset_id_bl and dataset_id_fu must differ, both are {dataset_id_bl}")
+        raise InputError("BAD_VALUE", f"dataset_id_bl and dataset_id_fu must differ, both are {dataset_id_bl}")
     for name in names.values():
         if (out / name).exists():
             raise InputError("EXPORT_EXISTS", f"{out / name} already exists; choose another out_dir or dataset id")

@@ -20,10 +20,10 @@ _INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor
 
 def _triple(name: str, value: Sequence[float], positive: bool = False) -> tuple[float, float, float]:
     if len(value) != 3:
-        raise GridError("GRID_BAD_GEOMETRY", f"{name} must have 3 values (z, y, x), got {value!r}")
+        raise GridError("BAD_GEOMETRY", f"{name} must have 3 values (z, y, x), got {value!r}")
     out = tuple(float(v) for v in value)
     if positive and min(out) <= 0:
-        raise GridError("GRID_BAD_GEOMETRY", f"{name} must be > 0, got {value!r}")
+        raise GridError("BAD_GEOMETRY", f"{name} must be > 0, got {value!r}")
     return out  # type: ignore[return-value]
 
 
@@ -52,14 +52,14 @@ def resample_to_grid(image: np.ndarray, src_spacing: Sequence[float], src_origin
     """
     image = np.asarray(image)
     if image.ndim != 3:
-        raise GridError("GRID_BAD_GEOMETRY", f"image must be (Z, Y, X), got shape {image.shape}")
+        raise GridError("NOT_3D", f"image must be (Z, Y, X), got shape {image.shape}")
     if interpolation not in _INTERPOLATORS:
-        raise GridError("GRID_BAD_OPTION", f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
+        raise GridError("BAD_VALUE", f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
     src_spacing, dst_spacing = _triple("src_spacing", src_spacing, True), _triple("dst_spacing", dst_spacing, True)
     src_origin, dst_origin = _triple("src_origin", src_origin), _triple("dst_origin", dst_origin)
     shape = tuple(int(s) for s in dst_shape)
     if len(shape) != 3 or min(shape) < 1:
-        raise GridError("GRID_BAD_GEOMETRY", f"dst_shape must be 3 positive ints, got {dst_shape!r}")
+        raise GridError("BAD_GEOMETRY", f"dst_shape must be 3 positive ints, got {dst_shape!r}")
     integer = image.dtype.kind in "iub"
     work = image.astype(np.float32) if (integer and interpolation == "linear") or image.dtype == bool else image
     src = sitk.GetImageFromArray(np.ascontiguousarray(work))

@@ -142,7 +142,7 @@ def suv_from_datasets(datasets: Sequence[Dataset], *, overrides: dict | SuvOverr
         if not datasets:
             raise SuvError("SUV_NO_IMAGES", "the PET series holds no images")
         if lbm not in ("janmahasatian", "james"):
-            raise SuvError("SUV_BAD_OPTION", f"lbm must be 'janmahasatian' or 'james', got {lbm!r}")
+            raise SuvError("BAD_VALUE", f"lbm must be 'janmahasatian' or 'james', got {lbm!r}")
         _body_fields(datasets[0], ov, report)
         factors = _bw_factors(list(datasets), ov, report, always_backcompute=always_backcompute)
     except SuvError as exc:
@@ -367,7 +367,7 @@ def _sul(report: dict, factors: dict[str, float] | None, lbm: str) -> None:
         if report["sex"] is None:
             raise SuvError("SUV_MISSING_SEX", "PatientSex (0010,0040) is missing; give a sex override (M/F)")
         if report["sex"] not in ("M", "F"):
-            raise SuvError("SUL_UNSUPPORTED_SEX", f"SUL needs PatientSex 'M' or 'F', got {report['sex']!r}; "
+            raise SuvError("SUV_UNSUPPORTED_SEX", f"SUL needs PatientSex 'M' or 'F', got {report['sex']!r}; "
                            "SUVbw stays available")
         ratio, mass = K.sul_per_suvbw(_body(report), lbm=lbm)
     except SuvError as exc:

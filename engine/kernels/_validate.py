@@ -58,15 +58,15 @@ def check_finite(image: Any, name: str = "image") -> None:
 def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
     """Parse ``spacing`` into three positive finite floats (mm, (sz, sy, sx)).
 
-    Raises ``InputError`` ``BAD_SPACING`` otherwise.
+    Raises ``InputError`` ``BAD_GEOMETRY`` otherwise.
     """
     try:
         values = tuple(float(s) for s in spacing)  # type: ignore[union-attr]
     except (TypeError, ValueError):
-        raise InputError("BAD_SPACING",
+        raise InputError("BAD_TYPE",
                          f"spacing must be three positive numbers (mm, z/y/x), got {spacing!r}") from None
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError("BAD_SPACING", f"spacing must be three positive numbers (mm, z/y/x), got {spacing!r}")
+        raise InputError("BAD_GEOMETRY", f"spacing must be three positive numbers (mm, z/y/x), got {spacing!r}")
     return values  # type: ignore[return-value]
 
 
@@ -82,7 +82,7 @@ def check_positive(value: Any, name: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise InputError("BAD_VALUE", f"{name} must be a positive number, got {value!r}") from None
+        raise InputError("BAD_TYPE", f"{name} must be a positive number, got {value!r}") from None
     if not (math.isfinite(v) and v > 0):
         raise InputError("BAD_VALUE", f"{name} must be a positive number, got {value!r}")
     return v
@@ -93,7 +93,7 @@ def check_fraction(value: Any, name: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise InputError("BAD_VALUE", f"{name} must be a number in (0, 1], got {value!r}") from None
+        raise InputError("BAD_TYPE", f"{name} must be a number in (0, 1], got {value!r}") from None
     if not (0 < v <= 1):
         raise InputError("BAD_VALUE", f"{name} must be a number in (0, 1], got {value!r}")
     return v

@@ -59,7 +59,7 @@ class Body:
 
 def _positive(name: str, value: float) -> float:
     if value is None or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise SuvError("SUV_BAD_VALUE", f"{name} must be a positive finite number, got {value!r}")
+        raise SuvError("BAD_VALUE", f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
 
@@ -75,7 +75,7 @@ def frame_decay_correction(half_life_s: float, duration_s: float) -> float:
     """
     lam = decay_constant(half_life_s)
     if duration_s < 0:
-        raise SuvError("SUV_BAD_VALUE", f"duration_s must be >= 0, got {duration_s!r}")
+        raise SuvError("BAD_VALUE", f"duration_s must be >= 0, got {duration_s!r}")
     x = lam * duration_s
     if x == 0:
         return 1.0
@@ -214,7 +214,7 @@ def gml_to_suvbw(suv_type: str, body: Body) -> float:
         raise SuvError("SUV_UNSUPPORTED_SUV_TYPE", f"SUVType must be one of {SUV_TYPES}, got {suv_type!r}")
     mass = formulas[suv_type](body, allow_other=True)
     if mass <= 0:
-        raise SuvError("SUV_BAD_VALUE", f"{suv_type} mass from weight {w} kg and height {body.height_m} m "
+        raise SuvError("SUV_MASS_NOT_POSITIVE", f"{suv_type} mass from weight {w} kg and height {body.height_m} m "
                        f"is {mass:.3f} kg; expected > 0")
     return w / mass
 
@@ -230,16 +230,16 @@ def sul_per_suvbw(body: Body, *, lbm: str = "janmahasatian") -> tuple[float, flo
     Raises
     ------
     SuvError
-        ``SUL_UNSUPPORTED_SEX`` for sex other than M/F.
+        ``SUV_UNSUPPORTED_SEX`` for sex other than M/F.
     """
     if body.sex not in ("M", "F"):
-        raise SuvError("SUL_UNSUPPORTED_SEX", f"SUL needs sex 'M' or 'F', got {body.sex!r}")
+        raise SuvError("SUV_UNSUPPORTED_SEX", f"SUL needs sex 'M' or 'F', got {body.sex!r}")
     if lbm == "janmahasatian":
         mass = lbm_janmahasatian(body)
     elif lbm == "james":
         mass = lbm_james(body)
     else:
-        raise SuvError("SUV_BAD_VALUE", f"lbm must be 'janmahasatian' or 'james', got {lbm!r}")
+        raise SuvError("BAD_VALUE", f"lbm must be 'janmahasatian' or 'james', got {lbm!r}")
     if mass <= 0:
-        raise SuvError("SUV_BAD_VALUE", f"LBM ({lbm}) is {mass:.3f} kg; expected > 0")
+        raise SuvError("SUV_MASS_NOT_POSITIVE", f"LBM ({lbm}) is {mass:.3f} kg; expected > 0")
     return mass / body.weight_kg, mass

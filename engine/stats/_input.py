@@ -11,7 +11,7 @@ and validates once, here, at the boundary. Missing values follow an explicit
     NaNs are dropped; for paired statistics a pair is dropped when either
     member is missing.
 
-Errors carry the reason codes ``STATS_BAD_POLICY``, ``STATS_BAD_INPUT``,
+Errors carry the reason codes ``BAD_VALUE``, ``BAD_TYPE``, ``STATS_BAD_INPUT``,
 ``STATS_LENGTH_MISMATCH``, ``STATS_NAN``, ``STATS_ALL_NAN``, ``STATS_TOO_FEW``,
 ``STATS_SINGLE_CLASS`` and ``STATS_BAD_LABELS``.
 """
@@ -30,9 +30,9 @@ NAN_POLICIES = ("raise", "omit")
 
 
 def check_policy(nan_policy: str) -> str:
-    """Return ``nan_policy`` if valid, else raise ``STATS_BAD_POLICY``."""
+    """Return ``nan_policy`` if valid, else raise ``BAD_VALUE``."""
     if nan_policy not in NAN_POLICIES:
-        raise StatsError("STATS_BAD_POLICY",
+        raise StatsError("BAD_VALUE",
                          f"nan_policy={nan_policy!r} is not one of {NAN_POLICIES}")
     return nan_policy
 
@@ -50,7 +50,7 @@ def vector(values: Any, name: str) -> np.ndarray:
     probe = np.asarray(raw)
     if probe.dtype.kind in "US" or (probe.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in probe.ravel())):
         # numpy would parse "1.5" silently: text is refused, not guessed at
-        raise StatsError("STATS_BAD_INPUT", f"{name} must be numeric, got text values")
+        raise StatsError("BAD_TYPE", f"{name} must be numeric, got text values")
     try:
         try:
             arr = np.asarray(raw, dtype=np.float64)
@@ -60,7 +60,7 @@ def vector(values: Any, name: str) -> np.ndarray:
             arr = np.array([np.nan if v is None or v is pd.NA else v for v in obj.ravel()],
                            dtype=np.float64).reshape(obj.shape)
     except (TypeError, ValueError) as exc:
-        raise StatsError("STATS_BAD_INPUT", f"{name} must be numeric, got {type(values).__name__}: {exc}") from exc
+        raise StatsError("BAD_TYPE", f"{name} must be numeric, got {type(values).__name__}: {exc}") from exc
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1:

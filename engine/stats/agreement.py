@@ -93,10 +93,10 @@ def lins_ccc(x: Any, y: Any, *, nan_policy: str = "raise", level: float = 0.95) 
     ------
     StatsError
         ``STATS_TOO_FEW`` (< 3 pairs), ``STATS_CONSTANT`` (x or y constant:
-        the interval is undefined), ``STATS_BAD_LEVEL``, plus the input codes.
+        the interval is undefined), ``BAD_VALUE``, plus the input codes.
     """
     if not 0.0 < level < 1.0:
-        raise StatsError("STATS_BAD_LEVEL", f"level={level!r}; expected a number in (0, 1)")
+        raise StatsError("BAD_VALUE", f"level={level!r}; expected a number in (0, 1)")
     a, b = paired(x, y, names=("x", "y"), nan_policy=nan_policy, min_n=3)
     n = a.size
     mx, my = a.mean(), b.mean()

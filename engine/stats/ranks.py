@@ -63,7 +63,7 @@ class MannWhitneyResult:
 
 def _check_method(method: str) -> None:
     if method not in _METHODS:
-        raise StatsError("STATS_BAD_METHOD", f"method={method!r} is not one of {_METHODS}")
+        raise StatsError("BAD_VALUE", f"method={method!r} is not one of {_METHODS}")
 
 
 def _tie_term(ranked_values: np.ndarray) -> float:

@@ -181,10 +181,10 @@ def auc_ci(y_true: Any, score: Any, *, level: float = 0.95, nan_policy: str = "r
     Raises
     ------
     StatsError
-        ``STATS_BAD_LEVEL`` plus the errors of :func:`roc_curve`.
+        ``BAD_VALUE`` plus the errors of :func:`roc_curve`.
     """
     if not 0.0 < level < 1.0:
-        raise StatsError("STATS_BAD_LEVEL", f"level={level!r}; expected a number in (0, 1)")
+        raise StatsError("BAD_VALUE", f"level={level!r}; expected a number in (0, 1)")
     y, (s,) = scored(y_true, score, nan_policy=nan_policy)
     aucs, cov = _covariance(y, [s])
     auc, var = float(aucs[0]), float(max(cov[0, 0], 0.0))

@@ -93,7 +93,7 @@ def test_blood_pool_fallback_when_liver_missing():
     aorta = _aorta(shape, (8, 8), 9.0, spacing)
     sul = _noisy(shape, 2)
     ref = liver_reference(sul, None, spacing=spacing, aorta=aorta)
-    assert ref.source == "blood_pool" and ref.fallback_reason == "LIVER_MISSING"
+    assert ref.source == "blood_pool" and ref.fallback_reason == "NO_LIVER_MASK"
     cz, cy, cx = ref.centre_zyx
     assert (cy, cx) == (8, 8)
     z, y, x = np.indices(shape)
@@ -124,7 +124,7 @@ def test_no_reference_when_aorta_too_thin_or_absent():
     assert err.value.reason == "NO_REFERENCE"
     with pytest.raises(InputError) as err:
         liver_reference(_noisy(shape), np.zeros(shape, np.uint8), spacing=spacing)
-    assert err.value.reason == "NO_REFERENCE" and "LIVER_MISSING" in err.value.message
+    assert err.value.reason == "NO_REFERENCE" and "NO_LIVER_MASK" in err.value.message
 
 
 def test_bad_inputs_are_named():
@@ -134,7 +134,7 @@ def test_bad_inputs_are_named():
     assert err.value.reason == "GRID_MISMATCH"
     with pytest.raises(InputError) as err:
         liver_reference(sul, None, spacing=(2, 2))
-    assert err.value.reason == "BAD_SPACING"
+    assert err.value.reason == "BAD_GEOMETRY"
     with pytest.raises(InputError) as err:
         liver_reference(sul, None, spacing=(2, 2, 2), diameter_mm=0)
     assert err.value.reason == "BAD_VALUE"

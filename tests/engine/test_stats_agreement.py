@@ -66,8 +66,8 @@ def test_ccc_properties(pairs):
 def test_ccc_errors():
     cases = [(([1, 2, 3], [1, 2]), "STATS_LENGTH_MISMATCH"), (([1, 2], [1, 3]), "STATS_TOO_FEW"),
              (([1, 1, 1], [1, 2, 3]), "STATS_CONSTANT"), (([np.nan] * 3, [1, 2, 3]), "STATS_ALL_NAN"),
-             (([1, np.nan, 3, 4], [1, 2, 3, 5]), "STATS_NAN"), ((["a", "b", "c"], [1, 2, 3]), "STATS_BAD_INPUT"),
-             ((["1", "2", "3"], [1, 2, 3]), "STATS_BAD_INPUT"),
+             (([1, np.nan, 3, 4], [1, 2, 3, 5]), "STATS_NAN"), ((["a", "b", "c"], [1, 2, 3]), "BAD_TYPE"),
+             ((["1", "2", "3"], [1, 2, 3]), "BAD_TYPE"),
              (([1, np.inf, 3], [1, 2, 3]), "STATS_BAD_INPUT")]
     for args, reason in cases:
         with pytest.raises(StatsError) as e:

@@ -104,4 +104,4 @@ def test_mann_whitney_nan_policy_and_errors():
     assert e.value.reason == "STATS_TOO_FEW"
     with pytest.raises(StatsError) as e:
         mann_whitney([1.0, 2.0], [3.0], nan_policy="drop")
-    assert e.value.reason == "STATS_BAD_POLICY"
+    assert e.value.reason == "BAD_VALUE"

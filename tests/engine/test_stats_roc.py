@@ -134,4 +134,4 @@ def test_roc_bad_input():
     assert e.value.reason == "STATS_ZERO_VARIANCE"
     with pytest.raises(StatsError) as e:
         auc_ci([0, 1, 0, 1], [1, 2, 3, 4], level=95)
-    assert e.value.reason == "STATS_BAD_LEVEL"
+    assert e.value.reason == "BAD_VALUE"

@@ -89,7 +89,7 @@ def test_empty_mask_and_errors():
         peak(bad, np.ones_like(img), spacing=(2, 2, 2))
     with pytest.raises(InputError) as e:
         peak(img, np.ones_like(img), spacing=(2, 0, 2))
-    assert e.value.reason == "BAD_SPACING"
+    assert e.value.reason == "BAD_GEOMETRY"
     with pytest.raises(InputError):
         peak(img, np.ones_like(img), spacing=(2, 2, 2), radius_mm=-1)
 

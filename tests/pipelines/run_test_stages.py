@@ -59,7 +59,7 @@ def t_delta(ctx: StageContext) -> StageOutput:
 def t_fail(ctx: StageContext) -> StageOutput:
     """Refuses studies flagged ``bad`` with a reason code."""
     if ctx.attrs.get("bad"):
-        raise InputError("TEST_BAD_STUDY", f"study {ctx.key} is flagged bad")
+        raise InputError("BAD_VALUE", f"study {ctx.key} is flagged bad")
     return StageOutput(summary={"ok": True})
 
 

@@ -156,7 +156,7 @@ def test_missing_source_and_bad_override_raise_before_writing(tmp_path):
 
     with pytest.raises(InputError) as e:
         ingest_tree(tmp_path / "nope", tmp_path / "cohort.zarr", overrides={})
-    assert e.value.reason == "INGEST_NO_SOURCE"
+    assert e.value.reason == "FILE_NOT_FOUND"
     with pytest.raises(SuvError) as e:
         ingest_tree(tmp_path, tmp_path / "cohort.zarr", overrides={"weight_kg": "heavy"})
     assert e.value.reason == "SUV_BAD_OVERRIDE"

@@ -190,7 +190,8 @@ def test_bad_run_yaml_fails_once_before_the_cluster_starts(tmp_path, monkeypatch
     result = CliRunner().invoke(app, ["run", "--store", store.url, "--config", str(cfg)])
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and key in errors[0] and "CONFIG_" in errors[0]
+    assert len(errors) == 1 and key in errors[0]
+    assert any(f"[{c}]" in errors[0] for c in ("CONFIG_UNKNOWN_FIELD", "BAD_VALUE", "BAD_TYPE"))
     assert store.stage_records() == {} and store.read_json("run") is None
     with pytest.raises(ConfigError):
         load_config(cfg)

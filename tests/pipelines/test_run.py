@@ -44,7 +44,7 @@ def test_first_run_commits_and_records_reasons(store, client):
     # 6 studies x 5 "all" stages + 3 follow-ups x t_delta
     assert len(recs) == 33
     failed = {(st, stage): reason for st, stage, reason in s.failed}
-    assert failed[(BAD, "t_fail")] == "TEST_BAD_STUDY"
+    assert failed[(BAD, "t_fail")] == "BAD_VALUE"
     assert failed[(BAD, "t_after_fail")] == "UPSTREAM_FAILED"
     assert all(failed[(k, "t_crash")] == "INTERNAL_ERROR" for k in store.study_keys())
     assert recs[(BAD, "t_crash")]["message"] == "RuntimeError: boom"
@@ -116,7 +116,7 @@ def test_followup_without_baseline(tmp_path, client):
     store.add_study("P-00000000aa-T1", {"patient": "P-00000000aa", "timepoint": 1, "spacing": [1, 1, 1]})
     store.write_arrays("P-00000000aa-T1", {"pet": np.ones((4, 4, 4), np.float32)})
     s = run_cohort(store.url, stages=rts.MAIN, client=client)
-    assert ("P-00000000aa-T1", "t_delta", "BASELINE_MISSING") in s.failed
+    assert ("P-00000000aa-T1", "t_delta", "NO_BASELINE") in s.failed
     assert ("P-00000000aa-T1", "t_peak") in s.done
 
 
@@ -128,7 +128,7 @@ def test_failed_ingest_placeholder_is_not_analysed(tmp_path, client):
     s = run_cohort(store.url, stages=rts.MAIN, client=client)
     assert not any(study == "P-00000000bb-T0" for study, _ in s.done)
     assert not any(study == "P-00000000bb-T0" for study, *_ in s.failed)
-    assert ("P-00000000bb-T1", "t_delta", "BASELINE_MISSING") in s.failed
+    assert ("P-00000000bb-T1", "t_delta", "NO_BASELINE") in s.failed
 
 
 def test_plan_keys_are_pseudonymous_and_dependencies_right(store):

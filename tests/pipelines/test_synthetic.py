@@ -153,7 +153,7 @@ def test_dicom_format(tmp_path):
 def test_bad_parameters(tmp_path, kwargs, name):
     with pytest.raises(InputError) as info:
         synthesize(tmp_path / "bad", **kwargs)
-    assert info.value.reason == "SYNTH_BAD_PARAMETER"
+    assert info.value.reason == "BAD_VALUE"
     assert name in info.value.message
     assert not (tmp_path / "bad").exists()  # refused before anything is written
 

@@ -106,7 +106,7 @@ def test_sul_codes_follow_the_lbm_formula():
     assert sul_concepts("james")[0].value == "126406"
     with pytest.raises(InputError) as err:
         sul_concepts("boer")
-    assert err.value.reason == "EXPORT_BAD_LBM_FORMULA"
+    assert err.value.reason == "BAD_VALUE"
 
 
 # ------------------------------------------------------------------------------------------------------ SEG

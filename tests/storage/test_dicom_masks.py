@@ -307,7 +307,7 @@ def test_no_lesion_segment_lists_labels(study):
     np.testing.assert_array_equal(organs_only.organs["liver"], liver)
     with pytest.raises(InputError) as err:
         rasterise_mask(obj, grid, label_regex="(")
-    assert err.value.reason == "MASK_BAD_LABEL_REGEX"
+    assert err.value.reason == "BAD_REGEX"
 
 
 def test_overlapping_lesions_refused(study):

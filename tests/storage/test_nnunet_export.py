@@ -103,4 +103,4 @@ def test_export_skips_reasons(tmp_path):
     assert out["fu"]["cases"] == 0 and out["bl"]["cases"] == 5
     with pytest.raises(InputError) as exc:
         export_nnunet(store, tmp_path / "x", suv_clip=0)
-    assert exc.value.reason == "BAD_PARAMETER"
+    assert exc.value.reason == "BAD_VALUE"

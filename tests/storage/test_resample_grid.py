@@ -56,9 +56,9 @@ def test_agrees_with_scipy_on_anisotropic_grids():
 
 
 @pytest.mark.parametrize("kwargs, reason", [
-    ({"interpolation": "cubic"}, "GRID_BAD_OPTION"),
-    ({"dst_spacing": (0, 1, 1)}, "GRID_BAD_GEOMETRY"),
-    ({"dst_shape": (2, 2)}, "GRID_BAD_GEOMETRY"),
+    ({"interpolation": "cubic"}, "BAD_VALUE"),
+    ({"dst_spacing": (0, 1, 1)}, "BAD_GEOMETRY"),
+    ({"dst_shape": (2, 2)}, "BAD_GEOMETRY"),
 ])
 def test_bad_arguments(kwargs, reason):
     args = {"src_spacing": (1, 1, 1), "src_origin": (0, 0, 0), "dst_shape": (2, 2, 2), "dst_spacing": (1, 1, 1),

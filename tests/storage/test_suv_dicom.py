@@ -230,7 +230,7 @@ def test_sul_janmahasatian_default_and_james_option(tmp_path):
     assert r["lbm_formula"] == "james" and r["sul_per_suvbw"] == pytest.approx(james / W)
 
 
-@pytest.mark.parametrize("sex, reason", [("O", "SUL_UNSUPPORTED_SEX"), ("", "SUV_MISSING_SEX")])
+@pytest.mark.parametrize("sex, reason", [("O", "SUV_UNSUPPORTED_SEX"), ("", "SUV_MISSING_SEX")])
 def test_sul_refused_suvbw_kept(tmp_path, sex, reason):
     folder = _write(tmp_path)
     _mutate(folder, lambda ds: setattr(ds, "PatientSex", sex))
