@@ -87,8 +87,8 @@ _LESION_CATEGORIES = {_LESION_CATEGORY} | {k for k, r in _srt_equivalents().item
 
 # Text rules, applied to labels and code meanings once lower-cased with punctuation and "_" turned to spaces.
 # Lesion first: "liver metastasis" or "bone lesion" are lesions.
-_LESION_TEXT = re.compile(r"\b(lesions?|tumou?rs?|gtv\w*|metasta\w*|mass(es)?|nodules?|lymph ?nodes?|neoplasm\w*"
-                          r"|malignan\w*|carcinoma\w*|lymphoma\w*|cancer\w*)\b")
+_LESION_TEXT = re.compile(r"\b(lesions?|tumou?rs?|gtv\w*|metasta\w*|mets?|mass(es)?|nodules?|lymph ?nodes?|nodes?"
+                          r"|neoplasm\w*|malignan\w*|carcinoma\w*|lymphoma\w*|cancer\w*|hot ?spots?|foc(us|i))\b")
 _ORGAN_TEXT = {
     "liver": re.compile(r"\bliver\b"),
     # "vertebral" left out on purpose: "vertebral artery" is not bone
