@@ -11,7 +11,9 @@ run of all analysis stages comes first (imports, caches, first commits).
 
 1. Per stage: ``run_cohort(stages=[stage], force=True)`` alone; the workers'
    user + system CPU (``getrusage`` in each worker), minor page faults and
-   study-stages done give CPU seconds per study-stage.
+   study-stages done give CPU seconds per study-stage; the largest worker
+   peak RSS growth of that run over the largest study's pet + ct bytes says
+   which stage sets the pipeline's peak memory.
 2. Full analysis pipeline (every stage but the nnU-Net ones) vs the light
    stages (organs, threshold, quantify), both ``--force`` on the same cohort
    in the same session: per-study wall and CPU, the ratio, system-time share
@@ -124,12 +126,14 @@ def pipeline(url: str, analysis: list[str], *, malloc: bool) -> dict[str, Any]:
         per_stage = {}
         for name in analysis:
             r = _measured_run(client, url, [name])
+            peak = max(r["peak_growth_bytes"]) / study_bytes
             per_stage[name] = {"cpu_s_per_study": r["cpu_s"] / max(r["done"], 1), "sys_share": r["sys_share"],
                                "minflt_per_study": r["minflt"] / max(r["done"], 1), "done": r["done"],
-                               "wall_s": r["wall_s"]}
+                               "wall_s": r["wall_s"], "worker_peak_over_study_bytes": peak}
             print(f"  {name:10s} {per_stage[name]['cpu_s_per_study']:6.2f} CPU s/study-stage "
                   f"({r['done']} done, system {100 * r['sys_share']:.0f} %, "
-                  f"{per_stage[name]['minflt_per_study'] / 1e3:.0f} k minor faults each)")
+                  f"{per_stage[name]['minflt_per_study'] / 1e3:.0f} k minor faults each, "
+                  f"worker peak RSS growth {peak:.2f} x pet+ct)")
         full = _measured_run(client, url, analysis)
         light = _measured_run(client, url, LIGHT)
     finally:

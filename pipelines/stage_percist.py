@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from petcohort.engine.errors import PetCohortError, StageError
+from petcohort.engine.kernels.reference import liver_site
 from petcohort.pipelines.lesion_labels import study_lesion_labels
 from petcohort.engine.stats.percist import assess_scan, organ_of_lesions, percist_call
 from petcohort.pipelines.stage_track import require_baseline
@@ -40,19 +41,50 @@ def _sul(ctx: StageContext, key: str, attrs: dict[str, Any]) -> np.ndarray:
     return ctx.store.read_array(key, "pet").astype(np.float32) * np.float32(factor)
 
 
-def _organ(ctx: StageContext, key: str, name: str) -> np.ndarray | None:
-    return ctx.store.read_array(key, f"organs/{name}") if ctx.store.has_array(key, f"organs/{name}") else None
+class _Study:
+    """One study's SUL and organ masks, read once per stage, and its assessment per source (memoised).
 
+    Every follow-up source is assessed against a baseline source, and several
+    may share one (``nnunet_fu`` and ``nnunet_bl`` -> ``nnunet_bl``): each
+    array is read, and each (study, source) assessed, once per stage run.
+    """
 
-def _assess(ctx: StageContext, key: str, attrs: dict[str, Any], sul: np.ndarray, src: str):
-    # the same labels as the track stage (same kernel, same connectivity)
-    lesions = study_lesion_labels(ctx.store, key, src, connectivity=ctx.config.connectivity)
-    labels, n = lesions.labels, lesions.n
-    liver = _organ(ctx, key, "liver")
-    organs = organ_of_lesions(labels, n, bone=_organ(ctx, key, "bone"), liver=liver)
-    return assess_scan(sul, labels, n, spacing=[float(s) for s in attrs["spacing"]], liver=liver,
-                       aorta=_organ(ctx, key, "aorta"), organ_of=organs, radius_mm=ctx.config.radius_mm,
-                       sphere_mm=ctx.config.percist_sphere_mm)
+    def __init__(self, ctx: StageContext, key: str, attrs: dict[str, Any]) -> None:
+        self.ctx, self.key, self.attrs = ctx, key, attrs
+        self.sul = _sul(ctx, key, attrs)
+        self.organs = {name: self._read(f"organs/{name}") for name in ("liver", "bone", "aorta")}
+        self.spacing = [float(s) for s in attrs["spacing"]]
+        liver = self.organs["liver"]
+        # the sphere placement's lesion-independent part, shared by the study's sources
+        self.liver_site = None if liver is None else liver_site(liver, spacing=self.spacing,
+                                                               diameter_mm=ctx.config.percist_sphere_mm)
+        self._done: dict[str, Any] = {}
+
+    def _read(self, name: str) -> np.ndarray | None:
+        store = self.ctx.store
+        return store.read_array(self.key, name) if store.has_array(self.key, name) else None
+
+    def assess(self, src: str):
+        """:func:`assess_scan` of lesion source ``src`` (a PetCohortError is kept and raised again on reuse)."""
+        if src not in self._done:
+            try:
+                self._done[src] = self._assess(src)
+            except PetCohortError as exc:
+                self._done[src] = exc
+        out = self._done[src]
+        if isinstance(out, PetCohortError):
+            raise out
+        return out
+
+    def _assess(self, src: str):
+        # the same labels as the track stage (same kernel, same connectivity)
+        ctx, liver = self.ctx, self.organs["liver"]
+        lesions = study_lesion_labels(ctx.store, self.key, src, connectivity=ctx.config.connectivity)
+        labels, n = lesions.labels, lesions.n
+        organs = organ_of_lesions(labels, n, bone=self.organs["bone"], liver=liver)
+        return assess_scan(self.sul, labels, n, spacing=self.spacing, liver=self.liver_site,
+                           aorta=self.organs["aorta"], organ_of=organs, radius_mm=ctx.config.radius_mm,
+                           sphere_mm=ctx.config.percist_sphere_mm)
 
 
 @register_stage("percist", requires=("track", "organs", "threshold"), needs_baseline=("organs", "threshold"),
@@ -65,15 +97,14 @@ def percist_stage(ctx: StageContext) -> StageOutput:
     track = ctx.store.stage_record(ctx.key, "track")
     if track is None or track.get("status") != "committed":
         raise StageError("UPSTREAM_MISSING", f"study {ctx.key!r} has no committed 'track' record; run track first")
-    sul_fu = _sul(ctx, ctx.key, ctx.attrs)
-    sul_bl = _sul(ctx, base, battrs)
+    studies = {"fu": _Study(ctx, ctx.key, ctx.attrs), "bl": _Study(ctx, base, battrs)}
     uptake = (battrs.get("uptake_min"), ctx.attrs.get("uptake_min"))
     out: dict[str, Any] = {}
     for src, rec in sorted((track.get("summary") or {}).get("sources", {}).items()):
         bsrc = rec["baseline_source"]
         try:
-            bl = _assess(ctx, base, battrs, sul_bl, bsrc)
-            fu = _assess(ctx, ctx.key, ctx.attrs, sul_fu, src)
+            bl = studies["bl"].assess(bsrc)
+            fu = studies["fu"].assess(src)
         except PetCohortError as exc:  # e.g. NO_REFERENCE on one study: this source has no call
             out[src] = {"category": None, "reason": exc.reason, "rule": None, "evidence": {"message": exc.message},
                         "qc_flags": [], "baseline_source": bsrc}

@@ -52,7 +52,8 @@ from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import check_3d, check_finite, check_positive, check_same_grid, check_spacing
 from petcohort.engine.kernels.sphere import sphere_offsets
 
-__all__ = ["Reference", "liver_reference", "blood_pool_reference", "cylinder_offsets"]
+__all__ = ["Reference", "LiverSite", "liver_site", "liver_reference", "blood_pool_reference",
+           "cylinder_offsets"]
 
 
 @dataclass(frozen=True)
@@ -138,29 +139,75 @@ def _lesion_distance(lesions: np.ndarray | None, crop: tuple[slice, ...], reach_
     return dist[inner]
 
 
-def _place_liver_sphere(liver: np.ndarray, lesions: np.ndarray | None, spacing: tuple[float, float, float],
-                        radius: float, margin: float) -> tuple[int, int, int] | None:
+@dataclass(frozen=True)
+class LiverSite:
+    """The lesion-independent part of the liver sphere placement, for one liver mask, spacing and radius.
+
+    Several lesion sets of one scan (one per segmentation source) share it:
+    :func:`liver_reference` accepts it in place of the liver mask and then
+    only adds the lesion clearance. Build it with :func:`liver_site`.
+
+    Attributes
+    ----------
+    shape : (int, int, int)
+        Shape of the liver mask (the scan's grid).
+    spacing : (sz, sy, sx) mm
+    radius : float
+        Sphere radius (mm).
+    crop : tuple of slice
+        Bounding box of the liver.
+    depth : ndarray of float64
+        Distance (mm) from each crop voxel to the nearest non-liver voxel.
+    admissible : ndarray of bool
+        Crop voxels deep enough for the sphere and in the right part (before lesion clearance).
+    target : (3,) ndarray, mm
+        Centroid of the right part, in crop coordinates times spacing.
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    radius: float
+    crop: tuple[slice, ...]
+    depth: np.ndarray
+    admissible: np.ndarray
+    target: np.ndarray
+
+
+def liver_site(liver: Any, *, spacing: Sequence[float], diameter_mm: float = 30.0) -> LiverSite | None:
+    """:class:`LiverSite` of a liver mask (non-zero = liver); None when the mask is empty."""
+    spacing = check_spacing(spacing)
+    radius = check_positive(diameter_mm, "diameter_mm") / 2
+    liver = backend.to_numpy(liver) != 0
+    if not liver.any():
+        return None
     crop = _bbox(liver)
     lv = liver[crop]
     depth_map = _depth(lv, spacing)
     ok = depth_map > radius
-    dist = _lesion_distance(lesions, crop, radius + margin, spacing)
-    if dist is not None:
-        ok &= dist > radius + margin
     # right part: liver voxels at or right (low X) of the liver centroid
     coords = np.nonzero(lv)
     cx = coords[2].mean()
     right = coords[2] <= cx
     ok[:, :, int(math.floor(cx)) + 1:] = False
+    target = np.array([c[right].mean() for c in coords]) * np.asarray(spacing)
+    return LiverSite(tuple(int(n) for n in liver.shape), spacing, radius, crop,  # type: ignore[arg-type]
+                     depth_map, ok, target)
+
+
+def _place_liver_sphere(site: LiverSite, lesions: np.ndarray | None, margin: float) -> tuple[int, int, int] | None:
+    spacing, radius = site.spacing, site.radius
+    ok = site.admissible.copy()
+    dist = _lesion_distance(lesions, site.crop, radius + margin, spacing)
+    if dist is not None:
+        ok &= dist > radius + margin
     cand = np.argwhere(ok)
     if cand.size == 0:
         return None
-    target = np.array([c[right].mean() for c in coords]) * np.asarray(spacing)
-    d2 = (((cand * np.asarray(spacing)) - target) ** 2).sum(axis=1)
-    depth = depth_map[ok]  # argwhere and boolean indexing share C order
-    flat = np.ravel_multi_index(cand.T, lv.shape)
+    d2 = (((cand * np.asarray(spacing)) - site.target) ** 2).sum(axis=1)
+    depth = site.depth[ok]  # argwhere and boolean indexing share C order
+    flat = np.ravel_multi_index(cand.T, site.admissible.shape)
     best = np.lexsort((flat, -np.round(depth, 6), np.round(d2, 6)))[0]
-    return tuple(int(c + s.start) for c, s in zip(cand[best], crop))  # type: ignore[return-value]
+    return tuple(int(c + s.start) for c, s in zip(cand[best], site.crop))  # type: ignore[return-value]
 
 
 def blood_pool_reference(sul: Any, aorta: Any, *, spacing: Sequence[float], lesions: Any = None,
@@ -243,8 +290,10 @@ def liver_reference(sul: Any, liver: Any, *, spacing: Sequence[float], lesions: 
     Parameters
     ----------
     sul : (Z, Y, X) ndarray of float, SUL (SUVbw * LBM / weight)
-    liver : (Z, Y, X) ndarray or None
-        Liver mask (non-zero = liver). None or empty: blood-pool fallback.
+    liver : (Z, Y, X) ndarray, LiverSite or None
+        Liver mask (non-zero = liver), or its :func:`liver_site` (built with
+        this ``spacing`` and ``diameter_mm``; shared by several lesion sets
+        of one scan). None or empty: blood-pool fallback.
     spacing : (sz, sy, sx) mm
     lesions : (Z, Y, X) ndarray or None
         Lesion mask or labels (non-zero = lesion); the sphere stays
@@ -280,16 +329,21 @@ def liver_reference(sul: Any, liver: Any, *, spacing: Sequence[float], lesions: 
     if lesions is not None:
         lesion_arr = backend.to_numpy(lesions)
         check_same_grid(sul, lesion_arr, names=("sul", "lesions"))
-    reason = "NO_LIVER_MASK"
-    if liver is not None:
-        liver_arr = backend.to_numpy(liver) != 0
-        check_same_grid(sul, liver_arr, names=("sul", "liver"))
-        if liver_arr.any():
-            centre = _place_liver_sphere(liver_arr, lesion_arr, spacing, radius, float(lesion_margin_mm))
-            if centre is not None:
-                # the same sphere as SULpeak's neighbourhood (one implementation: kernels.sphere)
-                mean, sd, n = _roi_stats(sul, centre, sphere_offsets(spacing, radius))
-                return Reference(mean, sd, n, centre, "liver", None)
-            reason = "LIVER_NO_ROOM"
+    site = liver
+    if liver is not None and not isinstance(liver, LiverSite):
+        check_same_grid(sul, liver, names=("sul", "liver"))
+        site = liver_site(liver, spacing=spacing, diameter_mm=diameter_mm)
+    reason = "NO_LIVER_MASK"  # also for an empty mask (no site)
+    if site is not None:
+        check_same_grid(sul, site, names=("sul", "liver"))
+        if site.spacing != spacing or site.radius != radius:
+            raise InputError("BAD_VALUE", f"the liver site was built for spacing {site.spacing} and radius "
+                                          f"{site.radius} mm, not {spacing} and {radius} mm")
+        centre = _place_liver_sphere(site, lesion_arr, float(lesion_margin_mm))
+        if centre is not None:
+            # the same sphere as SULpeak's neighbourhood (one implementation: kernels.sphere)
+            mean, sd, n = _roi_stats(sul, centre, sphere_offsets(spacing, radius))
+            return Reference(mean, sd, n, centre, "liver", None)
+        reason = "LIVER_NO_ROOM"
     return blood_pool_reference(sul, aorta, spacing=spacing, lesions=lesion_arr, diameter_mm=aorta_diameter_mm,
                                 length_mm=aorta_length_mm, fallback_reason=reason)

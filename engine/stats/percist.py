@@ -64,6 +64,7 @@ from petcohort.engine.kernels.reference import Reference, liver_reference
 from petcohort.engine.kernels.sulpeak import lesion_peaks
 from petcohort.engine.segment.threshold import PERCIST_LEVEL_FACTORS
 from petcohort.engine.stats.response import delta_percent
+from petcohort.engine.stats.tracking import lesion_voxels
 
 __all__ = ["LesionAssessment", "ScanAssessment", "PercistCall", "make_assessment", "assess_scan",
            "select_top", "percist_call", "avid_new_lesions", "threshold_for", "organ_of_lesions", "organ_group",
@@ -187,7 +188,15 @@ def organ_of_lesions(labels: Any, n: int, *, bone: Any = None, liver: Any = None
     The rule quantify uses for the lesion ``organ``
     (:func:`petcohort.engine.kernels.lesions.lesion_organs`), so both always agree.
     """
-    return lesion_organs(labels, n, bone=bone, liver=liver)
+    labels = backend.to_numpy(labels)
+    idx, values = lesion_voxels(labels)  # lesion voxels only: the same counts as over the whole volume
+    at = {}
+    for name, mask in (("bone", bone), ("liver", liver)):
+        if mask is not None:
+            mask = backend.to_numpy(mask)
+            check_same_grid(labels, mask, names=("labels", name))
+            at[name] = mask.reshape(-1)[idx]
+    return lesion_organs(values, n, **at)
 
 
 def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], liver: Any, aorta: Any = None,
@@ -204,7 +213,9 @@ def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], live
         Number of labels.
     spacing : (sz, sy, sx) mm
     liver, aorta : (Z, Y, X) ndarray or None
-        Organ masks for the reference (liver sphere, blood-pool fallback).
+        Organ masks for the reference (liver sphere, blood-pool fallback);
+        ``liver`` may be its :func:`~petcohort.engine.kernels.reference.liver_site`
+        (built with ``spacing`` and ``sphere_mm``), shared by the lesion sets of one scan.
     lesion_ids : sequence of int or None
         Labels to assess (default: all 1..n).
     organ_of : mapping label -> organ name, or None (organ unknown)
@@ -234,8 +245,11 @@ def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], live
     reference = liver_reference(sul, liver, spacing=spacing, lesions=labels, aorta=aorta, diameter_mm=sphere_mm)
     peaks = lesion_peaks(sul, labels, n, spacing=spacing, radius_mm=radius_mm)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    sums = np.bincount(labels.ravel(), weights=sul.ravel().astype(np.float64), minlength=n + 1)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    # lesion voxels only, in C order: each label's float64 sum accumulates as over the whole volume,
+    # without a whole-volume float64 copy of the image
+    idx, values = lesion_voxels(labels)
+    sums = np.bincount(values, weights=sul.reshape(-1)[idx].astype(np.float64), minlength=n + 1)
+    counts = np.bincount(values, minlength=n + 1)
     lesions = []
     for i in ids:
         if counts[i] == 0 or peaks[i - 1].global_peak is None:
