@@ -116,7 +116,7 @@ def suv(
                                             help="Reference time from the frame (rule 3) first."),
     lbm: str = typer.Option("janmahasatian", "--lbm", help="janmahasatian | james"),
 ) -> None:
-    """SUVbw and SUL factors of a PET DICOM series, with provenance (METHODS.md)."""
+    """SUVbw and SUL factors of a PET DICOM series, with provenance (docs/methods.md)."""
     from petcohort.pipelines.ingest import suv_report
 
     report = suv_report(dicom_dir, overrides=_overrides(weight, height, sex, dose, injection_time),

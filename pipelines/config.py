@@ -219,7 +219,7 @@ _MODEL = "petcohort.engine.segment.nnunet_model"
 
 @dataclass(frozen=True)
 class QuantifyConfig(_Section):
-    """Lesions and SULpeak (METHODS.md "SULpeak", "Lesions and volumes")."""
+    """Lesions and SULpeak (docs/methods.md "SULpeak", "Lesions and volumes")."""
 
     NAME: ClassVar[str] = "quantify"
     radius_mm: float = _spec(_positive, "SULpeak sphere radius (mm); 6.0 = the paper's 1.2 cm diameter",
@@ -230,7 +230,7 @@ class QuantifyConfig(_Section):
 
 @dataclass(frozen=True)
 class EvaluateConfig(_Section):
-    """Segmentation evaluation (METHODS.md "Segmentation evaluation")."""
+    """Segmentation evaluation (docs/methods.md "Segmentation evaluation")."""
 
     NAME: ClassVar[str] = "evaluate"
     overlap: float = _spec(_fraction, "fraction of a lesion's voxels that must overlap to detect it",
@@ -250,7 +250,7 @@ class ThresholdConfig(_Section):
 
 @dataclass(frozen=True)
 class PercistConfig(_Section):
-    """PERCIST 1.0 (METHODS.md "PERCIST 1.0"); cut-offs default to Wahl 2009."""
+    """PERCIST 1.0 (docs/methods.md "PERCIST 1.0"); cut-offs default to Wahl 2009."""
 
     NAME: ClassVar[str] = "percist"
     sphere_mm: float = _spec(_positive, "liver reference sphere diameter (mm)",
@@ -278,7 +278,7 @@ class PercistConfig(_Section):
 
 @dataclass(frozen=True)
 class SuvConfig(_Section):
-    """SUV/SUL (METHODS.md "SUV from DICOM", "SUL"); ``lbm``/``always_backcompute`` act where SUL is computed
+    """SUV/SUL (docs/methods.md "SUV from DICOM", "SUL"); ``lbm``/``always_backcompute`` act where SUL is computed
     (ingest); a run records them with the network input clip."""
 
     NAME: ClassVar[str] = "suv"
@@ -296,7 +296,7 @@ MASK_SOURCES = ("auto", "manual", "nnunet_bl")
 
 @dataclass(frozen=True)
 class SegmentConfig(_Section):
-    """nnU-Net inference (METHODS.md "nnU-Net networks"; ``stage_segment``)."""
+    """nnU-Net inference (docs/methods.md "nnU-Net networks"; ``stage_segment``)."""
 
     NAME: ClassVar[str] = "segment"
     model_bl: str | None = _spec(_path("folder"), "trained U-Net_BL folder (.../<Trainer>__<Plans>__3d_fullres)",
@@ -318,7 +318,7 @@ class SegmentConfig(_Section):
 
 @dataclass(frozen=True)
 class RegistrationConfig(_Section):
-    """Rigid baseline -> follow-up registration (METHODS.md "Registration")."""
+    """Rigid baseline -> follow-up registration (docs/methods.md "Registration")."""
 
     NAME: ClassVar[str] = "registration"
     seed: int = _spec(_seed, "ANTs random seed (deterministic registration)",

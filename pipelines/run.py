@@ -1,6 +1,6 @@
 """``run_cohort``: every selected stage over every study, resumable and fault tolerant.
 
-Steps (DESIGN.md, "Execution"):
+Steps (docs/contracts.md, "Execution"):
 
 1. open the store ``r+`` and hold its writer lock for the whole run (a second
    run is refused with ``STORE_LOCKED``);

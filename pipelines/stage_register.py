@@ -1,6 +1,6 @@
 """Stage ``register``: the baseline PET rigidly registered onto each follow-up's grid.
 
-METHODS.md "Registration". Writes ``reg/baseline_pet`` (linear) and, when the
+docs/methods.md "Registration". Writes ``reg/baseline_pet`` (linear) and, when the
 baseline has a manual mask, ``reg/baseline_mask`` (label interpolation) on
 the follow-up grid. The summary holds the transform parameters (so any other
 baseline mask, e.g. U-Net_BL's, can be mapped later with the same transform),

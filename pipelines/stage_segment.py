@@ -1,4 +1,4 @@
-"""Stages ``segment_bl`` and ``segment_fu``: nnU-Net U-Net_BL and U-Net_FU (METHODS.md "nnU-Net networks").
+"""Stages ``segment_bl`` and ``segment_fu``: nnU-Net U-Net_BL and U-Net_FU (docs/methods.md "nnU-Net networks").
 
 ``segment_bl`` runs on every study (baselines, and follow-ups for comparison
 as the paper does): channels PET (SUVbw clipped to ``[0, suv_clip]``) and CT;

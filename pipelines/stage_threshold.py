@@ -74,7 +74,7 @@ def threshold_stage(ctx: StageContext) -> StageOutput:
         except PetCohortError as exc:  # no room for a reference: skip this mask, keep the others
             summary["threshold_percist_reason"] = exc.reason
         else:
-            # the level rule follows the reference actually used (METHODS.md "PERCIST 1.0")
+            # the level rule follows the reference actually used (docs/methods.md "PERCIST 1.0")
             level = threshold.percist_level(ref.mean, ref.sd, source=ref.source)
             percist = threshold.percist_adaptive(sul, ref.mean, ref.sd, source=ref.source, exclude=exclude)
             arrays["seg/threshold_percist"] = percist

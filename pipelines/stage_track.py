@@ -27,7 +27,7 @@ Accuracy against truth: when both studies hold ``truth/lesion_ids`` (the
 synthetic cohort's lesion identities, stable across timepoints), each
 source gets ``accuracy``: :meth:`~petcohort.engine.stats.tracking.TrackingAccuracy.to_dict`
 of its matches, with each lesion's truth id taken on its own scan from the
-same lesion labels the matcher used (METHODS.md "Lesion tracking accuracy";
+same lesion labels the matcher used (docs/methods.md "Lesion tracking accuracy";
 ``status`` says ``no_followup_lesions`` / ``no_baseline_lesions``). Without
 truth on either study, ``accuracy_reason`` is ``NO_TRUTH_IDS`` and no source
 has ``accuracy``.

@@ -8,7 +8,7 @@ written to ``tables/notes.json``), never a crash.
 
 Tables (``tables/<name>.parquet`` + ``.csv``): ``studies``, ``lesions``,
 ``segmentation``, ``segmentation_paired``, ``agreement``, ``response``,
-``delong``, ``deltas``, ``percist``, ``percist_confusion``, ``provenance``. Definitions: METHODS.md
+``delong``, ``deltas``, ``percist``, ``percist_confusion``, ``provenance``. Definitions: docs/methods.md
 "Segmentation evaluation" and "Statistics". ``deltas`` holds the per-follow-up delta biomarkers and
 responder labels that ``response`` and ``delong`` were computed from (the report draws its ROC curves
 and trajectories from it, so a figure never recomputes a number).
@@ -18,7 +18,7 @@ Accuracy against the synthetic truth: ``percist_accuracy`` and
 response, ``truth.designed_response``; ``percist_confusion`` compares with
 ``truth.percist``, the same rules on clean images: a consistency check) and
 ``tracking_accuracy`` (lesion matches vs the phantom's stable lesion ids).
-Definitions: METHODS.md "PERCIST 1.0" and "Lesion tracking accuracy".
+Definitions: docs/methods.md "PERCIST 1.0" and "Lesion tracking accuracy".
 
 Provenance: ``provenance`` has one row per study-stage record (run token,
 params, code fingerprint, input hash); the per-study tables ``studies``,
@@ -132,7 +132,7 @@ def segmentation_frames(c: Cohort, notes: dict) -> tuple[pd.DataFrame, pd.DataFr
         rows.append({"source": src, "acquisitions": acq, "n": int(dice.size), "n_dice_missing": int(len(g) - dice.size),
                      "mean_dice": float(dice.mean()) if dice.size else None,
                      "sd_dice": float(dice.std(ddof=1)) if dice.size > 1 else None,
-                     # pooled voxel-wise over the studies (METHODS.md "global Dice")
+                     # pooled voxel-wise over the studies (docs/methods.md "global Dice")
                      "global_dice": _ratio(2 * tot["intersect"], tot["truth_voxels"] + tot["pred_voxels"]),
                      "recall": _ratio(tot["tp"], tot["tp"] + tot["fn"]),
                      "precision": _ratio(tot["tp_pred"], tot["tp_pred"] + tot["fp"]),
@@ -529,7 +529,7 @@ def tracking_accuracy_frame(c: Cohort, notes: dict) -> pd.DataFrame:
         rows.append(row)
     _note(notes, "tracking_accuracy", "counts pooled over follow-ups (micro average); a match is correct when both "
                                       "lesions' largest-overlap truth ids agree; recall per true persisting id; truth "
-                                      "ids counted as present in the source's own masks (METHODS.md)")
+                                      "ids counted as present in the source's own masks (docs/methods.md)")
     if not_tracked:
         _note(notes, "tracking_accuracy", f"{not_tracked} follow-up(s) without a committed track record")
     return pd.DataFrame(rows, columns=TRACKING_ACCURACY_COLUMNS)

@@ -52,7 +52,7 @@ __all__ = ["CHUNK_BYTES", "chunks_for", "compressor", "write_array", "read_array
            "record_key", "staging_prefix", "study_prefix", "ALLOWED_DTYPES", "fail",
            "check_array", "check_slot", "ensure_groups"]
 
-CHUNK_BYTES = 1 << 20  # >= 1 MiB per chunk (DESIGN.md: "Chunks >= 1 MB")
+CHUNK_BYTES = 1 << 20  # >= 1 MiB per chunk (docs/contracts.md: "Chunks >= 1 MB")
 
 # Numeric dtypes with an exact zarr v3 round trip.
 ALLOWED_DTYPES = frozenset(np.dtype(t) for t in (

@@ -55,7 +55,7 @@ SUVBW = hd.sr.CodedConcept("126401", "DCM", "SUVbw")
 SUVBW_UNIT = hd.sr.CodedConcept.from_code(codes.UCUM.StandardizedUptakeValueBodyWeight)
 _ML = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 _GRAM = hd.sr.CodedConcept("g", "UCUM", "gram")
-_SUL = {  # study attr suv.lbm_formula -> (quantity, CID 85 unit); both formulas METHODS.md "SUL"
+_SUL = {  # study attr suv.lbm_formula -> (quantity, CID 85 unit); both formulas docs/methods.md "SUL"
     "janmahasatian": (hd.sr.CodedConcept("126405", "DCM", "SUVlbm(Janma)"),
                       hd.sr.CodedConcept.from_code(codes.UCUM.StandardizedUptakeValueLeanBodyMassJanma)),
     "james": (hd.sr.CodedConcept("126406", "DCM", "SUVlbm(James128)"),
@@ -144,7 +144,7 @@ def source_frames(labels: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
 
 
 def sul_concepts(lbm_formula: str | None) -> tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]:
-    """(quantity, unit) of SUL for the study's LBM formula (default Janmahasatian, METHODS.md)."""
+    """(quantity, unit) of SUL for the study's LBM formula (default Janmahasatian, docs/methods.md)."""
     key = (lbm_formula or "janmahasatian").lower()
     if key not in _SUL:
         raise InputError("BAD_VALUE", f"lbm_formula {lbm_formula!r} has no DICOM code; "

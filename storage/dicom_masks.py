@@ -1,6 +1,6 @@
 """DICOM SEG and RTSTRUCT objects as lesion and organ masks on the PET grid.
 
-Rules (METHODS.md, "DICOM masks and series selection"):
+Rules (docs/methods.md, "DICOM masks and series selection"):
 
 * A mask object is matched to the PET by referenced series, else by
   FrameOfReferenceUID (:func:`match_mask`; the caller records which).

@@ -11,7 +11,7 @@
                                     labelsTr, dataset.json, splits_final.json
     out_dir/folds.json          {patient key: fold}, the one assignment both datasets use
 
-U-Net_BL is trained on baselines, U-Net_FU on follow-ups (METHODS.md "nnU-Net
+U-Net_BL is trained on baselines, U-Net_FU on follow-ups (docs/methods.md "nnU-Net
 networks"). nnU-Net picks each channel's normalisation from its name in
 ``channel_names`` (``nnunetv2/preprocessing/normalization/
 map_channel_name_to_normalization.py``): ``CT`` -> CT normalisation,
@@ -159,7 +159,7 @@ def export_nnunet(store, out_dir: str | os.PathLike, *, dataset_id_bl: int = 501
     dataset_id_bl, dataset_id_fu : int  nnU-Net dataset ids
     n_folds : int  cross-validation folds (patient level)
     seed : int  fold assignment seed
-    suv_clip : float > 0  PET SUVbw clipped to [0, suv_clip] (METHODS.md; RunConfig.suv_clip)
+    suv_clip : float > 0  PET SUVbw clipped to [0, suv_clip] (docs/methods.md; RunConfig.suv_clip)
 
     Returns
     -------

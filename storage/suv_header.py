@@ -1,6 +1,6 @@
-"""PET DICOM headers -> SUVbw/SUL factors with provenance (METHODS.md "SUV from DICOM").
+"""PET DICOM headers -> SUVbw/SUL factors with provenance (docs/methods.md "SUV from DICOM").
 
-:func:`suv_from_datasets` applies every rule of METHODS.md to the headers of
+:func:`suv_from_datasets` applies every rule of docs/methods.md to the headers of
 one PET series (pydicom datasets, pixels not needed) and returns a report
 dict. Header problems never raise: the report carries ``reason`` (an
 UPPER_SNAKE code) and ``message``. The formulas are in
@@ -31,7 +31,7 @@ __all__ = ["SuvOverrides", "suv_from_datasets", "MBQ_DOSE_LIMIT", "PHILIPS_SUV_S
 
 PHILIPS_SUV_SCALE = (0x7053, 0x1000)
 PHILIPS_ACSF = (0x7053, 0x1009)
-#: A RadionuclideTotalDose below this value is taken to be in MBq (METHODS.md).
+#: A RadionuclideTotalDose below this value is taken to be in MBq (docs/methods.md).
 MBQ_DOSE_LIMIT = 1e5
 
 

@@ -1,4 +1,4 @@
-"""Times of a PET series for SUV: injection time, decay reference time (METHODS.md rules 1-4).
+"""Times of a PET series for SUV: injection time, decay reference time (docs/methods.md rules 1-4).
 
 Full date-times throughout, so midnight crossings come out right. Sources:
 QIBA SUV vendor-neutral pseudo-code; IBSI-SUV manual (frame back-computation,
@@ -23,7 +23,7 @@ __all__ = ["GE_SCAN_DATETIME", "REFERENCE_RULES", "header_number", "private_valu
 log = logging.getLogger(__name__)
 
 GE_SCAN_DATETIME = (0x0009, 0x100D)
-#: The reference-time rules of METHODS.md, in their default order.
+#: The reference-time rules of docs/methods.md, in their default order.
 REFERENCE_RULES = ("series_time", "ge_private", "frame_backcompute", "earliest_acquisition")
 
 
@@ -75,7 +75,7 @@ def injection_from_start_time(datasets: Sequence[Dataset], item: Dataset) -> tup
 
 def reference_time(datasets: Sequence[Dataset], half_life: float, *,
                    always_backcompute: bool = False) -> tuple[_dt.datetime, str]:
-    """t_ref for DecayCorrection START: rules 1-4 of METHODS.md, the first that applies.
+    """t_ref for DecayCorrection START: rules 1-4 of docs/methods.md, the first that applies.
 
     Returns
     -------

@@ -2,7 +2,7 @@
 
 CPU: ``cc3d.connected_components`` (connected-components-3d, Silversmith,
 LGPL-3.0; https://github.com/seung-lab/connected-components-3d), a single
-pass over the whole volume: DESIGN.md forbids chunked labelling because
+pass over the whole volume: docs/contracts.md forbids chunked labelling because
 merging labels across chunks costs far more than one call.
 GPU: ``cupyx.scipy.ndimage.label`` with the structuring element of the same
 connectivity, reached through :func:`petcohort.engine.backend.ndimage`.

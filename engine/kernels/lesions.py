@@ -1,6 +1,6 @@
 """Per-lesion and per-study biomarkers of one image and lesion mask.
 
-Definitions: METHODS.md "Lesions and volumes" and "SULpeak". Lesions are the
+Definitions: docs/methods.md "Lesions and volumes" and "SULpeak". Lesions are the
 3-D connected components of the mask (connectivity 6/18/26, default 26).
 MTV = voxels x voxel volume (mL); TLG = MTV x SUVmean per lesion, summed per
 study; PBI / PLI = lesion volume inside the bone / liver mask divided by that

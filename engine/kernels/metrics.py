@@ -1,6 +1,6 @@
 """Segmentation evaluation: Dice, pooled (global) Dice, lesion detection, FP/FN volumes.
 
-Definitions: METHODS.md "Segmentation evaluation" (the paper's section 2.3)
+Definitions: docs/methods.md "Segmentation evaluation" (the paper's section 2.3)
 and the autoPET challenge metrics (Gatidis et al., "The autoPET challenge",
 https://autopet.grand-challenge.org/Evaluation/):
 

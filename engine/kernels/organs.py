@@ -1,6 +1,6 @@
 """Organ masks for PBI/PLI, the PERCIST reference and threshold exclusions.
 
-Two sources (METHODS.md "Lesions and volumes"):
+Two sources (docs/methods.md "Lesions and volumes"):
 
 * :func:`totalseg_to_organs` maps a TotalSegmentator v2 multilabel map (task
   ``total``, 117 classes) to the organs petcohort uses. Class ids follow

@@ -1,6 +1,6 @@
 """Scanline fill of planar polygons onto a pixel grid (pixel-centre, even-odd rule).
 
-This is the rasteriser behind RTSTRUCT contours (METHODS.md, "DICOM masks and
+This is the rasteriser behind RTSTRUCT contours (docs/methods.md, "DICOM masks and
 series selection"): a pixel belongs to the mask when its *centre* lies inside
 the polygon by the even-odd rule, so a contour nested inside another one of
 the same ROI on the same plane is a hole (DICOM PS3.3 C.8.8.6.3 leaves the

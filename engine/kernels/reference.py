@@ -8,7 +8,7 @@ when the liver is abnormal, of a 1 cm diameter ROI in the descending thoracic
 aorta extended over 2 cm along the z axis (blood pool). O JH, Lodge MA, Wahl RL,
 "Practical PERCIST", Radiology 2016;280:576-584 keeps the same regions.
 
-Automated placement (our choices, deterministic; METHODS.md "PERCIST 1.0"):
+Automated placement (our choices, deterministic; docs/methods.md "PERCIST 1.0"):
 
 Liver sphere
     * Admissible centres: voxels whose centre is farther than the sphere

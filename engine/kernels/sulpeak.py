@@ -1,6 +1,6 @@
 """SULpeak: the IBSI global and local intensity peak, per lesion and per mask.
 
-Definitions (METHODS.md "SULpeak"; IBSI reference manual, features "Local
+Definitions (docs/methods.md "SULpeak"; IBSI reference manual, features "Local
 intensity peak" VJGA and "Global intensity peak" 0F91; PERCIST 1.0, Wahl et al.
 J Nucl Med 2009):
 

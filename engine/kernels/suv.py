@@ -1,4 +1,4 @@
-"""SUVbw, SUL and body-size formulas (METHODS.md "SUV from DICOM" and "SUL").
+"""SUVbw, SUL and body-size formulas (docs/methods.md "SUV from DICOM" and "SUL").
 
 Pure: numbers and frozen dataclasses in, numbers out; no DICOM, no IO. The
 DICOM-level parsing (which tag, which rule) lives in ``storage/suv_header.py``.
@@ -225,7 +225,7 @@ def sul_per_suvbw(body: Body, *, lbm: str = "janmahasatian") -> tuple[float, flo
     Parameters
     ----------
     lbm : {"janmahasatian", "james"}
-        LBM formula; Janmahasatian is the default (METHODS.md "SUL").
+        LBM formula; Janmahasatian is the default (docs/methods.md "SUL").
 
     Raises
     ------

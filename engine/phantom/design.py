@@ -38,7 +38,7 @@ CATEGORIES = ("PMR", "PMD", "CMR", "SMD")
 
 @dataclass(frozen=True)
 class Scanner:
-    """One PET/CT scanner (PHANTOM.md table).
+    """One PET/CT scanner.
 
     ``spacing`` is (sz, sy, sx) mm; ``fwhm_mm`` the PSF; ``cov`` the per-voxel
     liver CoV at BMI 22. The GE Discovery's native 2.73 mm in-plane pixels are
@@ -172,7 +172,7 @@ def _visit_conditions(rng, weight: float, site: str, prev_scanner: Scanner | Non
         scanner = pair[int(rng.integers(2))]
     else:
         scanner = prev_scanner
-    # 3-4 MBq/kg, within 150-400 MBq (PHANTOM.md)
+    # 3-4 MBq/kg, within 150-400 MBq (FDG PET/CT practice)
     dose = float(np.clip(weight * rng.uniform(3.0, 4.0), 150.0, 400.0)) * 1e6
     return {"scanner": scanner, "dose_bq": round(dose, -4),
             "uptake_min": round(float(rng.uniform(50, 75)), 1),

@@ -5,7 +5,7 @@ is proportional to the local mean (the Poisson-like behaviour of
 reconstructed PET: CoV falls as uptake rises), spatially correlated over
 about one voxel as after iterative reconstruction, non-negative. The noise
 level is set as the per-voxel coefficient of variation in a homogeneous
-liver (PHANTOM.md: ~10-15 %, more at higher BMI and on older scanners).
+liver (realism targets: ~10-15 %, more at higher BMI and on older scanners).
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def ct_noise(hu: np.ndarray, rng: np.random.Generator, *, sd_hu: float = 10.0) -
 
 
 def suv_factors(weight_kg: float, height_m: float, sex: str, dose_bq: float, uptake_s: float) -> dict:
-    """SUVbw/SUL factors of a study (METHODS.md: decay to the scan start).
+    """SUVbw/SUL factors of a study (docs/methods.md: decay to the scan start).
 
     Returns
     -------

@@ -36,7 +36,7 @@ ORGAN_CLASSES: dict[str, tuple[int, ...]] = {
     "heart": (T.MYOCARDIUM, T.BLOOD),
 }
 
-# (low, high) SUVbw per class: uniform draws per patient (PHANTOM.md table).
+# (low, high) SUVbw per class: uniform draws per patient.
 _SUV_RANGE = {
     T.AIR: (0.0, 0.0), T.FAT: (0.25, 0.45), T.MUSCLE: (0.6, 1.0), T.VISCERA: (0.9, 1.3),
     T.LUNG: (0.3, 0.6), T.CORTICAL: (0.3, 0.5), T.RED_MARROW: (1.2, 2.0),
@@ -45,7 +45,7 @@ _SUV_RANGE = {
     T.BLADDER: (12.0, 60.0), T.BOWEL: (1.0, 2.2), T.BREAST: (0.3, 0.6), T.TONSIL: (2.5, 4.5),
     T.CSF: (0.2, 0.4), T.DISC: (0.5, 0.8),
 }
-# (mean, sd) HU per class (PHANTOM.md CT section; unenhanced CT).
+# (mean, sd) HU per class (unenhanced CT).
 _HU = {
     T.AIR: (-1000, 0), T.FAT: (-100, 8), T.MUSCLE: (45, 5), T.VISCERA: (30, 6),
     T.LUNG: (-820, 30), T.CORTICAL: (950, 80), T.RED_MARROW: (250, 40),
@@ -80,7 +80,7 @@ def draw_physiology(rng: np.random.Generator) -> dict[str, float | np.ndarray]:
     # Myocardium: log-uniform 1-15 so that both cold and very hot hearts occur.
     suv[T.MYOCARDIUM] = float(np.exp(rng.uniform(np.log(1.2), np.log(15.0))))
     suv[T.AORTA] = suv[T.BLOOD]
-    # normal draws kept within 2 SD so every patient stays inside the PHANTOM.md HU ranges
+    # normal draws kept within 2 SD so every patient stays inside these HU ranges
     hu = np.array([_HU[c][0] + _HU[c][1] * float(np.clip(rng.normal(), -2.0, 2.0)) for c in range(N_TISSUES)])
     hu[T.AIR] = -1000.0
     hu[T.LIVER] = float(np.clip(hu[T.LIVER], 50.0, 70.0))
@@ -109,6 +109,6 @@ def tables(phys: dict, *, liver_scale: float = 1.0, heart_scale: float = 1.0,
     suv[T.MYOCARDIUM] = float(np.clip(suv[T.MYOCARDIUM] * heart_scale, 1.0, 15.0))
     for code in (T.COLLECTING, T.URETER, T.BLADDER):
         suv[code] *= urine_scale
-    # the bladder stays the hottest structure below the brain (PHANTOM.md)
+    # the bladder stays the hottest structure below the brain (FDG PET/CT practice)
     suv[T.BLADDER] = max(suv[T.BLADDER], 1.3 * max(suv[T.MYOCARDIUM], suv[T.COLLECTING], suv[T.URETER]))
     return suv.astype(np.float32), np.asarray(phys["hu"], dtype=np.float32)

@@ -1,6 +1,6 @@
 """Rigid registration of the baseline PET onto the follow-up PET (ANTsPy).
 
-The only module of petcohort that imports ``ants``. METHODS.md "Registration":
+The only module of petcohort that imports ``ants``. docs/methods.md "Registration":
 the baseline PET is rigidly registered to the follow-up PET; the transform is
 applied to the baseline PET (linear) and the baseline lesion mask (label
 interpolation, ANTs ``genericLabel``). Deterministic: a fixed random seed for

@@ -15,7 +15,7 @@
 * :func:`percist_adaptive` - SUL >= the PERCIST 1.0 measurability level of
   the reference actually used (Wahl et al., J Nucl Med 2009): 1.5 x liver
   mean + 2 x liver SD, or 2.0 x blood-pool mean + 2 x blood-pool SD when the
-  reference fell back to the descending aorta (METHODS.md "PERCIST 1.0").
+  reference fell back to the descending aorta (docs/methods.md "PERCIST 1.0").
 
 Every function takes ``exclude=``: voxels of physiological-uptake organs
 (brain, bladder, kidneys, heart) are removed before thresholding, so they

@@ -1,7 +1,7 @@
 """Agreement of categorical calls with a reference: accuracy, Cohen's kappa, confusion matrix.
 
 Used for automated PERCIST calls against the designed response of each
-follow-up (METHODS.md "PERCIST 1.0": accuracy, unweighted Cohen's kappa over
+follow-up (docs/methods.md "PERCIST 1.0": accuracy, unweighted Cohen's kappa over
 the 4 categories with its confidence interval, and the confusion matrix).
 
 Definitions (``p_ij`` = share of items with reference ``i`` and call ``j``,

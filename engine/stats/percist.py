@@ -4,7 +4,7 @@ Sources: Wahl RL, Jacene H, Kasamon Y, Lodge MA, "From RECIST to PERCIST:
 evolving considerations for PET response criteria in solid tumors", J Nucl
 Med 2009;50 Suppl 1:122S-150S (Table/appendix "PERCIST 1.0"); O JH, Lodge MA,
 Wahl RL, "Practical PERCIST: a simplified guide to PET Response Criteria in
-Solid Tumors 1.0", Radiology 2016;280:576-584. METHODS.md "PERCIST 1.0".
+Solid Tumors 1.0", Radiology 2016;280:576-584. docs/methods.md "PERCIST 1.0".
 
 Per scan (:func:`assess_scan`)
     * Reference: :func:`~petcohort.engine.kernels.reference.liver_reference`
@@ -20,7 +20,7 @@ Per scan (:func:`assess_scan`)
       their SULpeak sum and TLG sum (TLG = MTV * SULmean, SUL*mL). A lesion
       without an organ assignment (``organ`` None, or ``"other"``: no organ
       mask claims it, :func:`organ_of_lesions`) counts in one shared group
-      ``"unassigned"`` (METHODS.md "PERCIST 1.0"), so the cap still applies
+      ``"unassigned"`` (docs/methods.md "PERCIST 1.0"), so the cap still applies
       to it; the call's evidence lists each top-5 lesion's group.
 
 Call (:func:`percist_call`), first rule that applies:
@@ -37,12 +37,12 @@ Call (:func:`percist_call`), first rule that applies:
        "less than mean liver activity and indistinguishable from background";
        the SULpeak <= reference mean test is the automated proxy).
     4. follow-up hottest SULpeak vs baseline target: > +30 % and >= +0.8 SUL
-       (METHODS.md) -> PMD, rule ``sulpeak_up_30pct_0.8``.
+       (docs/methods.md) -> PMD, rule ``sulpeak_up_30pct_0.8``.
     5. TLG of the follow-up top 5 (hottest, any lesion, <= 2 per organ) vs
        baseline top 5 (measurable): > +75 % -> PMD, rule ``tlg_up_75pct``
-       (METHODS.md). Wahl's extra clause "with no decline in SUL" is the
+       (docs/methods.md). Wahl's extra clause "with no decline in SUL" is the
        option ``tlg_requires_no_sul_decline`` (off by default).
-    6. SULpeak down > 30 % and >= 0.8 SUL (METHODS.md; Wahl: "a minimum of
+    6. SULpeak down > 30 % and >= 0.8 SUL (docs/methods.md; Wahl: "a minimum of
        30%", "at least 0.8 SUL units") -> PMR, rule ``sulpeak_down_30pct_0.8``.
     7. otherwise SMD, rule ``otherwise``.
 Quality flags (Wahl 2009): reference means must agree within 20 % and within
@@ -74,7 +74,7 @@ CATEGORIES = ("CMR", "PMR", "SMD", "PMD")
 # (mean factor, SD factor) of the measurability threshold per reference source (Wahl 2009); shared with
 # the PERCIST-adaptive threshold mask so both use the rule of the reference actually used.
 _THRESHOLD = PERCIST_LEVEL_FACTORS
-#: The shared per-organ group of lesions without an organ assignment (METHODS.md "PERCIST 1.0").
+#: The shared per-organ group of lesions without an organ assignment (docs/methods.md "PERCIST 1.0").
 UNASSIGNED = "unassigned"
 _NO_ORGAN = (None, "other", UNASSIGNED)
 

@@ -1,6 +1,6 @@
 """Treatment response: delta biomarkers, PERCIST responder labels, Table 2.
 
-delta (%) = (FU - BL) / BL * 100 (METHODS.md "Statistics"). Responders are
+delta (%) = (FU - BL) / BL * 100 (docs/methods.md "Statistics"). Responders are
 PERCIST CMR or PMR, non-responders SMD or PMD. Because a *decrease* of a
 biomarker predicts response, ROC statistics use ``score = -delta`` with
 "responder" as the positive class; the tables say so in a ``direction``

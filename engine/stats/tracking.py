@@ -1,7 +1,7 @@
 """Lesion tracking between a baseline and a follow-up scan.
 
 Baseline lesions are assumed to be on the follow-up grid already (rigidly
-registered, METHODS.md "Registration"). This project has no registration
+registered, docs/methods.md "Registration"). This project has no registration
 module yet: callers with different grids map baseline centroids into the
 follow-up frame by physical LPS coordinates (identity transform in mm) and use
 :func:`match_centroids` (distance only).
@@ -26,9 +26,9 @@ even for noisy masks with thousands of components).
 Leftovers: baseline -> ``vanished``, follow-up -> ``new``.
 
 Connectivity: labels come from :func:`petcohort.engine.kernels.label.label`
-with the run's connectivity (the same everywhere, METHODS.md).
+with the run's connectivity (the same everywhere, docs/methods.md).
 
-Accuracy against known lesion identities (METHODS.md "Lesion tracking
+Accuracy against known lesion identities (docs/methods.md "Lesion tracking
 accuracy"; the synthetic cohort's ``truth/lesion_ids`` are stable across
 timepoints), :func:`lesion_truth_ids` and :func:`tracking_accuracy`:
 

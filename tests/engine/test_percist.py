@@ -70,7 +70,7 @@ def test_pmd_tlg5_up_75pct():
     c = call(scan(les(1, 4.0, tlg=10.0)), scan(les(1, 4.2, tlg=18.0)))  # TLG5 +80 %
     assert (c.category, c.rule) == ("PMD", "tlg_up_75pct")
     assert c.evidence["tlg5_delta_pct"] == pytest.approx(80.0)
-    # METHODS.md: the TLG rule alone decides, even when the SULpeak declined ...
+    # docs/methods.md: the TLG rule alone decides, even when the SULpeak declined ...
     c = call(scan(les(1, 4.0, tlg=10.0)), scan(les(1, 3.9, tlg=18.0)))
     assert (c.category, c.rule) == ("PMD", "tlg_up_75pct")
     # ... Wahl's "with no decline in SUL" clause is an option.

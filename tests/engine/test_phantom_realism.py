@@ -1,4 +1,4 @@
-"""A generated study against the PHANTOM.md realism targets (SUV, HU, noise, lesions)."""
+"""A generated study against the phantom realism targets (engine/phantom/tissues.py) (SUV, HU, noise, lesions)."""
 from __future__ import annotations
 
 import numpy as np

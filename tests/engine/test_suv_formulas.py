@@ -1,4 +1,4 @@
-"""SUV/SUL formulas (engine/kernels/suv.py) against hand-computed numbers (METHODS.md)."""
+"""SUV/SUL formulas (engine/kernels/suv.py) against hand-computed numbers (docs/methods.md)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Every command of the CLI contract (DESIGN.md) exists and answers --help."""
+"""Every command of the CLI contract (docs/contracts.md) exists and answers --help."""
 import pytest
 from typer.testing import CliRunner
 

@@ -1,4 +1,4 @@
-"""SUV from DICOM headers (storage/suv_header.py): every METHODS.md branch, on files
+"""SUV from DICOM headers (storage/suv_header.py): every docs/methods.md branch, on files
 written by pydicom, with the expected factor computed by hand in the test."""
 import datetime as dt
 import math
