@@ -87,6 +87,9 @@ def ingest(
     mask_label: Optional[str] = typer.Option(
         None, "--mask-label", help="Regex on DICOM SEG SegmentLabel / RTSTRUCT ROIName selecting the lesion "
         "segments (default: segments coded or named as lesions)."),
+    mask_kind: Optional[str] = typer.Option(
+        None, "--mask-kind", help="SEG | RTSTRUCT: take lesions only from mask objects of this kind (an archive "
+        "holding one annotation in both forms)."),
 ) -> None:
     """Ingest DICOM PET/CT (with SEG/RTSTRUCT masks) or NIfTI studies; bad studies are recorded, others go on."""
     _setup_logging()
@@ -94,7 +97,8 @@ def ingest(
 
     try:
         report = ingest_tree(src, store, overrides=_overrides(weight, height, sex, dose, injection_time),
-                             pet_series=pet_series, ct_series=ct_series, mask_label=mask_label)
+                             pet_series=pet_series, ct_series=ct_series, mask_label=mask_label,
+                             mask_kind=mask_kind)
     except PetCohortError as exc:
         _fail(exc)
     typer.echo(json.dumps(report, indent=2, default=str))

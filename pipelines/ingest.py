@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from petcohort.engine import __version__
-from petcohort.engine.errors import DicomError, InputError, PetCohortError, StoreError, SuvError
+from petcohort.engine.errors import ConfigError, DicomError, InputError, PetCohortError, StoreError, SuvError
 from petcohort.engine.kernels import suv as suv_kernels
 from petcohort.storage.dicom_masks import PetGrid, match_mask, rasterise_mask, read_mask_header
 from petcohort.storage.dicom_read import SeriesInfo, read_series, scan_dicom_archive, scan_dicom_tree, slice_geometry
@@ -102,7 +102,8 @@ def _open_store(store_url: str | os.PathLike):
 
 
 def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrides: dict | None = None,
-                pet_series: str | None = None, ct_series: str | None = None, mask_label: str | None = None) -> dict:
+                pet_series: str | None = None, ct_series: str | None = None, mask_label: str | None = None,
+                mask_kind: str | None = None) -> dict:
     """Ingest every DICOM PET/CT study and autoPET NIfTI folder under ``src``.
 
     Parameters
@@ -124,6 +125,9 @@ def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrid
         Regular expression choosing the lesion segments/ROIs of DICOM SEG and
         RTSTRUCT objects by SegmentLabel / ROIName (default: segments coded or
         named as lesions).
+    mask_kind : {"SEG", "RTSTRUCT"}, optional
+        Take lesions only from mask objects of this kind (an archive that
+        holds the same annotation as both a SEG and an RTSTRUCT).
 
     Returns
     -------
@@ -140,7 +144,7 @@ def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrid
         # the path itself may name a patient: not echoed
         raise InputError("FILE_NOT_FOUND", "the source folder given to ingest does not exist")
     # bad options are the caller's error: raise before touching the store
-    opts = IngestOptions.build(overrides, pet_series, ct_series, mask_label)
+    opts = IngestOptions.build(overrides, pet_series, ct_series, mask_label, mask_kind)
     store = _open_store(store_url)
     candidates, findings = _discover(src, opts)
     result: dict[str, list] = {"ingested": [], "skipped": [], "failed": [],
@@ -284,12 +288,16 @@ class IngestOptions:
     pet_series: re.Pattern | None = None
     ct_series: re.Pattern | None = None
     mask_label: re.Pattern | None = None
+    mask_kind: str | None = None       # "SEG" | "RTSTRUCT": lesions only from objects of this kind
 
     @classmethod
     def build(cls, overrides: dict | None = None, pet_series: str | None = None, ct_series: str | None = None,
-              mask_label: str | None = None) -> "IngestOptions":
+              mask_label: str | None = None, mask_kind: str | None = None) -> "IngestOptions":
+        if mask_kind is not None and str(mask_kind).upper() not in ("SEG", "RTSTRUCT"):
+            raise ConfigError("BAD_VALUE", f"--mask-kind must be SEG or RTSTRUCT, got {mask_kind!r}")
         return cls(SuvOverrides.from_dict(overrides), compile_pattern(pet_series, "--pet-series"),
-                   compile_pattern(ct_series, "--ct-series"), compile_pattern(mask_label, "--mask-label"))
+                   compile_pattern(ct_series, "--ct-series"), compile_pattern(mask_label, "--mask-label"),
+                   None if mask_kind is None else str(mask_kind).upper())
 
 
 def _discover(src: Path, opts: IngestOptions) -> tuple[list[_Candidate], list[dict]]:
@@ -479,6 +487,8 @@ def _load_dicom(chosen: _StudySources, opts: IngestOptions) -> tuple[dict[str, n
 
 def _selected(obj, opts: IngestOptions) -> list:
     """The segments of a mask object that would become lesions."""
+    if opts.mask_kind is not None and obj.kind != opts.mask_kind:
+        return []
     if opts.mask_label is not None:
         return [seg for seg in obj.segments if opts.mask_label.search(seg.label)]
     return [seg for seg in obj.segments if seg.role == "lesion"]
@@ -501,14 +511,16 @@ def _dicom_masks(chosen: _StudySources, grid, opts: IngestOptions) -> tuple[dict
     """
     findings: list[dict] = list(chosen.mask_findings)
     prov: dict[str, Any] = {"candidates": [_describe_mask(o, how, opts) for o, how in chosen.masks],
-                            "mask_label": opts.mask_label.pattern if opts.mask_label is not None else None}
+                            "mask_label": opts.mask_label.pattern if opts.mask_label is not None else None,
+                            "mask_kind": opts.mask_kind}
     arrays: dict[str, np.ndarray] = {}
     lesion_objs = [(o, how) for o, how in chosen.masks if _selected(o, opts)]
     if len(lesion_objs) > 1:
         findings.append({"reason": "MASK_AMBIGUOUS", "message": f"{len(lesion_objs)} mask objects hold lesion "
                          "segments (" + "; ".join(f"{o.kind}: {', '.join(s.label for s in _selected(o, opts))}"
                                                   for o, _ in lesion_objs)
-                         + "); none used. Choose with --mask-label REGEX (segment label / ROI name)"})
+                         + "); none used. Choose with --mask-label REGEX (segment label / ROI name)"
+                         + (" or --mask-kind SEG|RTSTRUCT" if len({o.kind for o, _ in lesion_objs}) > 1 else "")})
         lesion_objs = []
     elif not lesion_objs and chosen.masks:
         labels = sorted({seg.label for o, _ in chosen.masks for seg in o.segments})

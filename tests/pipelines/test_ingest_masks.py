@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from dicom_fixtures import lps_contour, write_pet_series, write_rtstruct, write_seg
+from petcohort.engine.errors import ConfigError
 from petcohort.engine.kernels import lesions as lesion_kernels
 from petcohort.pipelines.config import RunConfig
 from petcohort.pipelines.ingest import ingest_tree
@@ -127,6 +128,26 @@ def test_two_expert_masks_are_never_merged(tmp_path):
     inst = store.read_array(key, "seg/manual_instances")
     np.testing.assert_array_equal(inst == 1, masks[1] != 0)
     np.testing.assert_array_equal(inst == 2, masks[2] != 0)
+
+
+def test_same_annotation_as_seg_and_rtstruct_needs_a_kind(tmp_path):
+    ac, masks = _study(tmp_path / "src", seg=False, nac=False)
+    write_seg(tmp_path / "src" / "seg.dcm", ac, masks[:1], ["Lesion"])
+    square = np.array([[2.5, 2.5], [2.5, 5.5], [5.5, 5.5], [5.5, 2.5]])     # the same voxels as masks[0]
+    write_rtstruct(tmp_path / "src" / "rt.dcm", ac,
+                   [("Lesion", "GTV", [lps_contour(square, z, SPACING, ORIGIN) for z in (1, 2, 3)])])
+    result = ingest_tree(tmp_path / "src", tmp_path / "a.zarr")
+    (warn,) = [w for w in result["warnings"] if w["key"] is not None]
+    assert warn["reason"] == "MASK_AMBIGUOUS" and "--mask-kind" in warn["message"]
+    for kind in ("SEG", "rtstruct"):
+        result = ingest_tree(tmp_path / "src", tmp_path / f"{kind}.zarr", mask_kind=kind)
+        (key,) = result["ingested"]
+        store = CohortStore.open(tmp_path / f"{kind}.zarr", mode="r")
+        assert store.study_attrs(key)["masks"]["manual"]["kind"] == kind.upper()
+        np.testing.assert_array_equal(store.read_array(key, "seg/manual"), masks[0])
+    with pytest.raises(ConfigError):
+        ingest_tree(tmp_path / "src", tmp_path / "bad.zarr", mask_kind="NIFTI")
+    assert not (tmp_path / "bad.zarr").exists()
 
 
 def test_rtstruct_matched_by_frame_of_reference(tmp_path):
