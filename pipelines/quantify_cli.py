@@ -99,11 +99,20 @@ def quantify_files(pet: str, mask: str, *, radius_mm: float = DEFAULT_RADIUS_MM,
     factor = sul_per_suvbw if sul_per_suvbw is not None else im.get("sul_per_suvbw")
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
+    # a label map (several lesion ids) keeps its lesions, as ingest does (docs/methods.md "Lesions and volumes")
+    from petcohort.storage.nifti import instance_map  # noqa: PLC0415
+
+    try:
+        instances = instance_map(seg)
+    except InputError:  # non-integer values (e.g. a probability map): non-zero voxels, as before
+        instances = None
     q = quantify(image, seg, spacing=im["spacing"], connectivity=connectivity, radius_mm=radius_mm,
-                 sul_per_suvbw=factor, origin=im["origin"])
+                 sul_per_suvbw=factor, origin=im["origin"], instances=instances)
     return {"study": q.study, "lesions": q.lesions,
             "input": {"shape": list(image.shape), "spacing": im["spacing"], "radius_mm": float(radius_mm),
                       "connectivity": int(connectivity), "sul_per_suvbw": factor,
+                      "mask": "label map: one lesion per label, split into connected parts" if instances is not None
+                      else "binary: lesions are connected components",
                       "centroid_frame": "lps_origin" if im["origin"] is not None else "index_times_spacing"}}
 
 

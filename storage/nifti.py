@@ -29,7 +29,7 @@ from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, orn
 from petcohort.engine.errors import GridError, InputError
 
 __all__ = ["NiftiStudy", "read_nifti", "write_nifti", "is_autopet_folder", "read_study_folder",
-           "write_study_folder", "read_sidecar", "SIDECAR", "PET_FILE", "CT_FILE", "SEG_FILE"]
+           "write_study_folder", "read_sidecar", "instance_map", "SIDECAR", "PET_FILE", "CT_FILE", "SEG_FILE"]
 
 PET_FILE, CT_FILE, SEG_FILE, SIDECAR = "SUV.nii.gz", "CTres.nii.gz", "SEG.nii.gz", "study.json"
 _LPS = axcodes2ornt(("L", "P", "S"))   # our (X, Y, Z) as NIfTI (i, j, k)
@@ -195,7 +195,7 @@ def read_study_folder(folder: str | os.PathLike) -> NiftiStudy:
     if (folder / SEG_FILE).is_file():
         seg_arr, seg_spacing, seg_origin = read_nifti(folder / SEG_FILE)
         seg = (seg_arr > 0).astype(np.uint8)
-        instances = _instances(seg_arr)
+        instances = instance_map(seg_arr)
         grids.append((seg.shape, seg_spacing, seg_origin))
     for shape, sp, org in grids:
         if shape != pet.shape or not np.allclose(sp, spacing, atol=1e-3) or not np.allclose(org, origin, atol=1e-2):
@@ -207,8 +207,11 @@ def read_study_folder(folder: str | os.PathLike) -> NiftiStudy:
                       origin=origin, meta=meta, seg_instances=instances)
 
 
-def _instances(labels: np.ndarray) -> np.ndarray | None:
-    """A label map's lesion ids as uint16 (None when binary: lesions are then its components)."""
+def instance_map(labels: np.ndarray) -> np.ndarray | None:
+    """A label map's lesion ids as uint16 (None when binary: lesions are then its components).
+
+    Raises InputError ``NIFTI_BAD_LABELS`` for non-integer values or ids outside 1..65535.
+    """
     if not np.issubdtype(labels.dtype, np.integer):
         if not np.array_equal(labels, np.rint(labels)):
             raise InputError("NIFTI_BAD_LABELS", f"{SEG_FILE} holds non-integer values; a mask must be 0/1 or "

@@ -89,3 +89,22 @@ def test_store_reference():
     with pytest.raises(InputError) as e:
         quantify_files("memory://quantify-cli-test::", "x.nii.gz", radius_mm=6.2, connectivity=26)
     assert e.value.reason == "BAD_STORE_REF"
+
+
+def test_label_map_mask_keeps_its_lesions(tmp_path):
+    """A NIfTI label map: touching labels stay two lesions (as at ingest); a probability map stays binary."""
+    pet = np.ones((12, 10, 8), np.float32)
+    labels = np.zeros(pet.shape, np.uint16)
+    labels[2:4, 2:5, 2:4] = 1
+    labels[2:4, 2:5, 4:6] = 2            # touches label 1
+    pet[labels == 1], pet[labels == 2] = 5.0, 3.0
+    p = _save(tmp_path, "pet.nii.gz", pet)
+    res = quantify_files(p, _save(tmp_path, "labels.nii.gz", labels), radius_mm=6.2035, connectivity=26)
+    assert res["study"]["lesion_count"] == 2 and sorted(les["segment"] for les in res["lesions"]) == [1, 2]
+    assert sorted(les["suvmax"] for les in res["lesions"]) == [3.0, 5.0]
+    binary = quantify_files(p, _save(tmp_path, "bin.nii.gz", (labels != 0).astype(np.uint8)), radius_mm=6.2035,
+                            connectivity=26)
+    assert binary["study"]["lesion_count"] == 1
+    prob = quantify_files(p, _save(tmp_path, "prob.nii.gz", (labels != 0) * np.float32(0.7)), radius_mm=6.2035,
+                          connectivity=26)
+    assert prob["study"]["lesion_count"] == 1
