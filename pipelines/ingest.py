@@ -27,7 +27,7 @@ import numpy as np
 from petcohort.engine import __version__
 from petcohort.engine.errors import ConfigError, DicomError, InputError, PetCohortError, StoreError, SuvError
 from petcohort.engine.kernels import suv as suv_kernels
-from petcohort.storage.dicom_masks import PetGrid, match_mask, rasterise_mask, read_mask_header
+from petcohort.storage.dicom_masks import PetGrid, lesion_segments, match_mask, rasterise_mask, read_mask_header
 from petcohort.storage.dicom_read import SeriesInfo, read_series, scan_dicom_archive, scan_dicom_tree, slice_geometry
 from petcohort.storage.dicom_select import SeriesChoice, compile_pattern, select_ct, select_pet
 from petcohort.storage.dicom_time import combine
@@ -489,9 +489,7 @@ def _selected(obj, opts: IngestOptions) -> list:
     """The segments of a mask object that would become lesions."""
     if opts.mask_kind is not None and obj.kind != opts.mask_kind:
         return []
-    if opts.mask_label is not None:
-        return [seg for seg in obj.segments if opts.mask_label.search(seg.label)]
-    return [seg for seg in obj.segments if seg.role == "lesion"]
+    return lesion_segments(obj, opts.mask_label)
 
 
 def _describe_mask(obj, how: str, opts: IngestOptions) -> dict[str, Any]:

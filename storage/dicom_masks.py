@@ -32,17 +32,17 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from petcohort.engine.errors import DicomError, InputError, PetCohortError
+from petcohort.engine.errors import DicomError, PetCohortError
 from petcohort.engine.kernels.organs import TOTALSEG_V2_ORGANS
 from petcohort.engine.kernels.polygon import fill_polygons
-from petcohort.storage.dicom_read import read_dataset, slice_geometry
+from petcohort.storage.dicom_read import (LABELMAP_SEG_SOP_CLASS, RTSTRUCT_SOP_CLASS, SEG_SOP_CLASS, is_mask_object,
+                                          read_dataset, slice_geometry)
+from petcohort.storage.dicom_select import compile_pattern
 
 __all__ = ["SEG_SOP_CLASS", "LABELMAP_SEG_SOP_CLASS", "RTSTRUCT_SOP_CLASS", "ROLES", "SegmentInfo", "MaskObject",
-           "PetGrid", "RasterisedMask", "is_mask_object", "read_mask_header", "match_mask", "rasterise_mask"]
+           "PetGrid", "RasterisedMask", "is_mask_object", "read_mask_header", "match_mask", "rasterise_mask",
+           "lesion_segments"]
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"   # Label Map Segmentation Storage (PS3.4 B.5)
-RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 ROLES = ("lesion", "liver", "bone", "aorta", "other")
 ORGAN_ROLES = ("liver", "bone", "aorta")
 _AXIS_TOL = 1e-4          # direction cosines this close to 0/1 count as axis-aligned (as dicom_read)
@@ -162,18 +162,6 @@ class MaskObject:
     referenced_series_uids: frozenset[str]
     segments: tuple[SegmentInfo, ...]
     fractional: bool = False
-
-
-def is_mask_object(ds: Dataset) -> bool:
-    """Whether a dataset is a DICOM SEG (Segmentation or Label Map Segmentation Storage) or an RT Structure Set.
-
-    The SOP class decides; the Modality only when the SOP class is absent
-    (Surface Segmentation also has Modality SEG and is not a mask here).
-    """
-    sop = str(ds.get("SOPClassUID", ""))
-    if sop:
-        return sop in (SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS, RTSTRUCT_SOP_CLASS)
-    return str(ds.get("Modality", "")) in ("SEG", "RTSTRUCT")
 
 
 def _kind(ds: Dataset) -> str:
@@ -382,17 +370,15 @@ class _Canvas:
         region[mask] = ident
 
 
+def lesion_segments(obj: MaskObject, pattern: re.Pattern | None = None) -> list[SegmentInfo]:
+    """The segments taken as lesions: those whose label matches ``pattern`` (``--mask-label``), else role "lesion"."""
+    return [s for s in obj.segments if (s.role == "lesion" if pattern is None else pattern.search(s.label))]
+
+
 def _select(obj: MaskObject, label_regex: str | None, with_lesions: bool) -> tuple[list[SegmentInfo],
                                                                                     dict[int, str], list[SegmentInfo]]:
-    pattern = None
-    if label_regex is not None:
-        try:
-            pattern = re.compile(label_regex, re.IGNORECASE)
-        except re.error as exc:
-            raise InputError("BAD_REGEX", f"--mask-label {label_regex!r} is not a valid "
-                             f"regular expression: {exc}") from exc
-    chosen = {s.number for s in obj.segments if with_lesions
-              and (s.role == "lesion" if pattern is None else pattern.search(s.label) is not None)}
+    pattern = compile_pattern(label_regex, "--mask-label")
+    chosen = {s.number for s in lesion_segments(obj, pattern)} if with_lesions else set()
     lesions = [s for s in obj.segments if s.number in chosen]
     rest = [s for s in obj.segments if s.number not in chosen]
     organs = {s.number: s.role for s in rest if s.role in ORGAN_ROLES}

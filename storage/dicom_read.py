@@ -21,7 +21,8 @@ from pydicom.errors import InvalidDicomError
 
 from petcohort.engine.errors import DicomError
 
-__all__ = ["SeriesInfo", "Volume", "Archive", "read_dataset", "scan_dicom_archive", "scan_dicom_tree", "read_series", "read_single_series", "slice_geometry"]
+__all__ = ["SeriesInfo", "Volume", "Archive", "read_dataset", "is_mask_object", "SEG_SOP_CLASS",
+           "LABELMAP_SEG_SOP_CLASS", "RTSTRUCT_SOP_CLASS", "scan_dicom_archive", "scan_dicom_tree", "read_series", "read_single_series", "slice_geometry"]
 
 log = logging.getLogger(__name__)
 _AXIS_TOL = 1e-4          # direction cosines this close to 0/1 count as axis-aligned
@@ -88,8 +89,21 @@ class Archive:
     unreadable: int
 
 
-_MASK_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4",   # Segmentation Storage (PS3.4 B.5)
-                     "1.2.840.10008.5.1.4.1.1.481.3")  # RT Structure Set Storage
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"            # Segmentation Storage (PS3.4 B.5)
+LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"   # Label Map Segmentation Storage (PS3.4 B.5)
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"      # RT Structure Set Storage
+
+
+def is_mask_object(ds: Dataset) -> bool:
+    """Whether a dataset is a DICOM SEG (Segmentation or Label Map Segmentation Storage) or an RT Structure Set.
+
+    The SOP class decides; the Modality only when the SOP class is absent
+    (Surface Segmentation also has Modality SEG and is not a mask here).
+    """
+    sop = str(ds.get("SOPClassUID", ""))
+    if sop:
+        return sop in (SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS, RTSTRUCT_SOP_CLASS)
+    return str(ds.get("Modality", "")) in ("SEG", "RTSTRUCT")
 
 
 def _looks_like_dicom(path: str) -> bool:
@@ -143,8 +157,7 @@ def scan_dicom_archive(root: str | os.PathLike) -> Archive:
                 if not ds.get("SOPClassUID") and not getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID"):
                     unreadable += 1   # a DICOM file that does not say what it is: malformed
                     continue
-                sop_class = str(ds.get("SOPClassUID", ""))
-                is_mask = sop_class in _MASK_SOP_CLASSES or str(ds.get("Modality", "")) in ("SEG", "RTSTRUCT")
+                is_mask = is_mask_object(ds)
                 is_image = "SeriesInstanceUID" in ds and ("PixelSpacing" in ds or "Rows" in ds)
             except (InvalidDicomError, EOFError):
                 unreadable += _looks_like_dicom(path)

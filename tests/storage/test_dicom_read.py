@@ -213,3 +213,23 @@ def test_write_read_property(shape, spacing, origin, seed):
     np.testing.assert_allclose(vol.origin, origin, atol=1e-6)
     if shape[0] > 1:
         np.testing.assert_allclose(vol.spacing, spacing, rtol=1e-6)
+
+
+def test_archive_scan_keeps_only_seg_and_rtstruct_objects(tmp_path):
+    """Mask objects are told by SOP class (one rule for scan and readers); a Surface Segmentation is not one."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from petcohort.storage.dicom_read import LABELMAP_SEG_SOP_CLASS, scan_dicom_archive
+
+    for name, sop in (("labelmap", LABELMAP_SEG_SOP_CLASS), ("surface", "1.2.840.10008.5.1.4.1.1.66.5")):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[name])
+        ds.Modality, ds.SeriesInstanceUID = "SEG", generate_uid(entropy_srcs=[name, "s"])
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+    archive = scan_dicom_archive(tmp_path)
+    assert [p.rsplit("/", 1)[1] for p, _ in archive.objects] == ["labelmap.dcm"]
+    assert archive.series == [] and archive.unreadable == 0
