@@ -19,11 +19,12 @@ run of all analysis stages comes first (imports, caches, first commits).
    in the same session: per-study wall and CPU, the ratio, system-time share
    and each worker's peak RSS growth (``/proc/self/clear_refs`` reset,
    ``VmHWM``) over the largest study's pet + ct bytes.
-3. Allocator: the full pipeline on workers with the glibc trim/mmap
-   thresholds the nnU-Net path sets (256 MiB) vs the engine's worker
-   environment (Dask's ``MALLOC_TRIM_THRESHOLD_=65536``, ``MALLOC_ARENA_MAX=1``):
-   minor page faults, system share and peak RSS, same run. (Measured on
-   this cohort: no gain, so the engine does not set them; see the JSON.)
+3. Allocator: the full pipeline on the engine's workers (every study-stage
+   calls ``engine.allocator.tune_malloc``: glibc trim/mmap thresholds of
+   256 MiB) vs the same workers with ``PETCOHORT_MALLOC_TUNE=0`` (Dask's
+   ``MALLOC_TRIM_THRESHOLD_=65536`` alone, which freezes the mmap threshold at
+   128 KiB: every large array mmapped and faulted in again): minor page
+   faults, system share, CPU and peak RSS, same run.
 4. Registration: ``register_rigid`` (the stage's call) vs stock
    ``ants.registration(type_of_transform="Rigid")`` (ANTsPy defaults) on the
    same baseline/follow-up pairs, one ITK thread for both, in this process;
@@ -45,6 +46,7 @@ import numpy as np
 from _harness import report
 from bench_scaling import _reset_peak, _rss
 
+from petcohort.engine.allocator import MALLOC_BYTES
 from petcohort.pipelines.run import run_cohort
 from petcohort.pipelines.stages import MODEL_STAGES, load_stages, stage_order
 from petcohort.storage.store import CohortStore
@@ -58,16 +60,11 @@ def _usage() -> dict[str, float]:
     return {"user": ru.ru_utime, "sys": ru.ru_stime, "minflt": float(ru.ru_minflt)}
 
 
-#: glibc thresholds of the allocator-tuning candidate (section 3): the nnU-Net path's mallopt values.
-MALLOC_BYTES = 256 * 2**20
-
-
-def _cluster(n: int, *, malloc_tuned: bool = False):
+def _cluster(n: int, *, malloc_untuned: bool = False):
     """The engine's local cluster (``engine.cluster.connect``), as ``petcohort run`` starts it.
 
-    ``malloc_tuned``: its workers also get ``MALLOC_TRIM_THRESHOLD_`` and
-    ``MALLOC_MMAP_THRESHOLD_`` of :data:`MALLOC_BYTES` (Dask's default
-    ``MALLOC_TRIM_THRESHOLD_=65536`` freezes glibc's mmap threshold at 128 KiB).
+    ``malloc_untuned``: its workers get ``PETCOHORT_MALLOC_TUNE=0`` (the allocator
+    baseline of section 3: Dask's worker environment alone).
     """
     import dask
 
@@ -77,8 +74,7 @@ def _cluster(n: int, *, malloc_tuned: bool = False):
     config = parse_cluster_config({"kind": "local", "n_workers": n, "threads_per_worker": 1,
                                    "memory_limit": None, "dashboard_address": None}, source="bench_pipeline")
     pre = "distributed.nanny.pre-spawn-environ."
-    extra = {pre + "MALLOC_TRIM_THRESHOLD_": MALLOC_BYTES, pre + "MALLOC_MMAP_THRESHOLD_": MALLOC_BYTES}
-    with dask.config.set(extra if malloc_tuned else {}):
+    with dask.config.set({pre + "PETCOHORT_MALLOC_TUNE": "0"} if malloc_untuned else {}):
         return connect(config)
 
 
@@ -151,21 +147,21 @@ def pipeline(url: str, analysis: list[str], *, malloc: bool) -> dict[str, Any]:
             "worker_peak_over_study_bytes": peaks, "acceptance": {"ratio_max": 2.0, "sys_share_max": 0.10,
                                                                    "worker_peak_over_study_max": 3.0}})
     if malloc:
-        session = _cluster(2, malloc_tuned=True)
+        session = _cluster(2, malloc_untuned=True)
         try:
             session.client.run(load_stages)
             run_cohort(url, stages=analysis, client=session.client)  # warm-up, as above
-            tuned = _measured_run(session.client, url, analysis)
+            untuned = _measured_run(session.client, url, analysis)
         finally:
             session.close()
-        print(f"workers with raised malloc thresholds: system {100 * tuned['sys_share']:.1f} % of CPU, "
-              f"{tuned['minflt'] / 1e6:.2f} M minor faults, {tuned['cpu_s'] / n_studies:.2f} CPU s per study, "
-              f"peak RSS growth {[round(p / study_bytes, 2) for p in tuned['peak_growth_bytes']]} x pet+ct")
-        report("pipeline_malloc_tuned_vs_engine", "raised trim/mmap thresholds (CPU s/study)",
-               tuned["cpu_s"] / n_studies, "engine worker env (CPU s/study)", full["cpu_s"] / n_studies,
-               {"tuned": tuned, "engine": full, "malloc_bytes": MALLOC_BYTES,
-                "minflt_ratio": tuned["minflt"] / max(full["minflt"], 1),
-                "sys_s_ratio": tuned["sys_s"] / full["sys_s"] if full["sys_s"] else None})
+        print(f"workers with PETCOHORT_MALLOC_TUNE=0: system {100 * untuned['sys_share']:.1f} % of CPU, "
+              f"{untuned['minflt'] / 1e6:.2f} M minor faults, {untuned['cpu_s'] / n_studies:.2f} CPU s per study, "
+              f"peak RSS growth {[round(p / study_bytes, 2) for p in untuned['peak_growth_bytes']]} x pet+ct")
+        report("pipeline_malloc_tuned_vs_untuned", "engine workers, tune_malloc (CPU s/study)",
+               full["cpu_s"] / n_studies, "PETCOHORT_MALLOC_TUNE=0 (CPU s/study)", untuned["cpu_s"] / n_studies,
+               {"tuned": full, "untuned": untuned, "malloc_bytes": MALLOC_BYTES,
+                "minflt_ratio": full["minflt"] / max(untuned["minflt"], 1),
+                "sys_s_ratio": full["sys_s"] / untuned["sys_s"] if untuned["sys_s"] else None})
     return out
 
 
@@ -226,7 +222,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=4, help="synthetic patients (4 -> 11 studies)")
     parser.add_argument("--fov-scale", type=float, default=1.0, help="phantom body scale (1 = adult, the demo's)")
     parser.add_argument("--reg-pairs", type=int, default=2, help="baseline/follow-up pairs for section 4")
-    parser.add_argument("--skip-malloc", action="store_true", help="skip the malloc-tuned run (section 3)")
+    parser.add_argument("--skip-malloc", action="store_true", help="skip the untuned-allocator run (section 3)")
     parser.add_argument("--skip-registration", action="store_true", help="skip section 4")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

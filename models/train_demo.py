@@ -1,6 +1,9 @@
 """Train the demo U-Net_BL and U-Net_FU on synthetic patients and copy them to models/demo/.
 
-    .venv/bin/python models/train_demo.py WORK_DIR [PATIENTS=15] [EPOCHS=12]
+    .venv/bin/python models/train_demo.py WORK_DIR [PATIENTS=15] [EPOCHS=12] [DATASETS=501,502]
+
+DATASETS=0 only prepares the data (synthesis, registration, export); two processes given 501 and 502
+after that train the two networks side by side (one torch thread each on a 2-core machine).
 
 Synthetic training cohort: seed 1000 (the demo cohort uses seed 0, so demo patients are held out).
 Everything large (store, nnU-Net raw/preprocessed/results) stays in WORK_DIR; only the final
@@ -76,7 +79,7 @@ def copy_model(folder: str, dest: Path) -> None:
         torch.save(slim, dest / fold_dir.name / "checkpoint_final.pth")
 
 
-def main(work: Path, patients: int, epochs: int) -> None:
+def main(work: Path, patients: int, epochs: int, datasets: tuple[int, ...] = (501, 502)) -> None:
     t0 = time.time()
     store_path = work / "train.zarr"
     if not store_path.exists():
@@ -88,7 +91,7 @@ def main(work: Path, patients: int, epochs: int) -> None:
         out = export_nnunet(store, raw)
         log.info("export: %s", json.dumps({k: v for k, v in out.items() if k != "folds"}))
     plan = TrainPlan(epochs=epochs, **PLAN)
-    for ds_id in (501, 502):
+    for ds_id in (d for d in datasets if d):
         s = train(raw, work / "work", dataset_id=ds_id, folds=(0,), plan=plan, device="auto", seed=SEED)
         log.info("dataset %d: validation %s", ds_id, json.dumps(s["validation"], default=str))
         src = Path(s["model_folder"])
@@ -100,4 +103,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = sys.argv[1:]
     main(Path(args[0]) if args else Path("/tmp/petcohort-demo-models"),
-         int(args[1]) if len(args) > 1 else 15, int(args[2]) if len(args) > 2 else 12)
+         int(args[1]) if len(args) > 1 else 15, int(args[2]) if len(args) > 2 else 12,
+         tuple(int(d) for d in args[3].split(",")) if len(args) > 3 else (501, 502))

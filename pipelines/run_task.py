@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from petcohort.engine.allocator import tune_malloc
 from petcohort.engine.errors import PetCohortError
 from petcohort.pipelines.config import RunConfig
 from petcohort.pipelines.stages import Stage, StageContext, StageOutput
@@ -174,6 +175,7 @@ def execute_study_stage(job: StageJob, *_deps: Any) -> dict[str, Any]:
     ``_deps`` are the summaries of the tasks it depends on; they only order
     the tasks (the inputs are read back from the store).
     """
+    tune_malloc()  # once per process: large arrays reused from the heap, not mmapped per task (engine/allocator.py)
     store = _open_store(job.store_url)
     name = job.stage.name
     existing = store.stage_record(job.study, name)

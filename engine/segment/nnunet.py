@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from petcohort.engine.allocator import tune_malloc
 from petcohort.engine.errors import InputError, SegmentationError
 from petcohort.engine.segment.nnunet_model import (
     ModelBinding,
@@ -81,37 +82,6 @@ def _device(name: str):
             raise SegmentationError("NO_GPU", "device='cuda' requested but torch sees no CUDA device")
         return torch.device("cuda")
     raise InputError("BAD_VALUE", f"device must be 'cpu' or 'cuda', got {name!r}")
-
-
-_MALLOC_TUNED = False
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters (malloc.h)
-_MALLOC_BYTES = 256 * 2**20
-
-
-def _tune_malloc() -> None:
-    """Let glibc keep and reuse the large buffers of CPU convolutions (once per process).
-
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (return freed
-    memory to the OS early); setting it also freezes glibc's mmap threshold at 128 KiB,
-    so every large torch buffer (im2col columns, tile logits) is mmapped, page-faulted
-    and unmapped again on each of thousands of convolutions. Measured on this project's
-    2-core VM, U-Net_BL on a demo study in a worker environment: 8-10 s per study with a
-    third of it kernel time, 3.9-4.8 s after this call. Only processes that load an nnU-Net
-    model are affected; ``PETCOHORT_MALLOC_TUNE=0`` turns it off.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or os.environ.get("PETCOHORT_MALLOC_TUNE", "1") == "0":
-        return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_TRIM_THRESHOLD, _MALLOC_BYTES) == 1 and \
-            libc.mallopt(_M_MMAP_THRESHOLD, _MALLOC_BYTES) == 1
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
-        return
-    log.debug("glibc trim/mmap thresholds set to %d MiB: %s", _MALLOC_BYTES // 2**20, ok)
 
 
 def default_device() -> str:
@@ -246,7 +216,7 @@ class NnUNetModel:
 
         dev = _device(self.device)
         if dev.type == "cpu":
-            _tune_malloc()
+            tune_malloc()
         folder = self.info.folder
         ckpts = {f: _read_checkpoint(os.path.join(folder, f"fold_{f}", checkpoint)) for f in self.folds}
         first = ckpts[self.folds[0]]

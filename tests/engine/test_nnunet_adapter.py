@@ -187,13 +187,3 @@ def test_demo_models_load_with_documented_channels(dataset, channels):
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
     assert size < 5_000_000                                        # models/demo stays <= 10 MB in all
 
-
-def test_malloc_tuning_once_and_can_be_turned_off(monkeypatch):
-    monkeypatch.setattr(nnunet, "_MALLOC_TUNED", False)
-    monkeypatch.setenv("PETCOHORT_MALLOC_TUNE", "0")
-    nnunet._tune_malloc()
-    assert nnunet._MALLOC_TUNED is False                                   # turned off: untouched
-    monkeypatch.delenv("PETCOHORT_MALLOC_TUNE")
-    nnunet._tune_malloc()
-    nnunet._tune_malloc()                                                  # idempotent
-    assert nnunet._MALLOC_TUNED is True
