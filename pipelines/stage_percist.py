@@ -13,6 +13,12 @@ above the follow-up reference mean,
 come from the ``uptake_min`` study attrs. A source whose reference cannot be placed gets
 ``category=None`` with that reason (e.g. ``NO_REFERENCE``).
 
+Device: on a GPU worker (:func:`petcohort.engine.backend.stage_device`) every
+lesion's SULpeak is computed there (each study's SUL moved once, the labels per
+source); the reference sphere, sums and the call stay on the host. A device out
+of memory reruns the peaks on the CPU; the summary records ``device`` and any
+``device_fallback``.
+
 Summary: ``{"sources": {src: {"category", "reason", "rule", "evidence",
 "qc_flags", "baseline_source"}}}``.
 """
@@ -22,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from petcohort.engine import backend
 from petcohort.engine.errors import PetCohortError, StageError
 from petcohort.engine.kernels.reference import liver_site
-from petcohort.pipelines.lesion_labels import study_lesion_labels
+from petcohort.engine.kernels.sulpeak import lesion_peaks
 from petcohort.engine.stats.percist import assess_scan, organ_of_lesions, percist_call
+from petcohort.pipelines.lesion_labels import study_lesion_labels
 from petcohort.pipelines.stage_track import require_baseline
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
 
@@ -59,6 +67,23 @@ class _Study:
         self.liver_site = None if liver is None else liver_site(liver, spacing=self.spacing,
                                                                diameter_mm=ctx.config.percist_sphere_mm)
         self._done: dict[str, Any] = {}
+        self._sul_device: Any = None     # the SUL on the worker's device, moved once per study
+        self.device: dict[str, str] = {}  # run_on_device's info of the last peaks (``device``, fallback)
+
+    def _peaks(self, labels: np.ndarray, n: int) -> tuple[list[Any], dict[str, str]]:
+        """Every lesion's SULpeak, on the worker's device when it has one (CPU after a device OOM)."""
+        def run(device: str) -> list[Any]:
+            if device == "cpu":
+                return lesion_peaks(self.sul, labels, n, spacing=self.spacing, radius_mm=self.ctx.config.radius_mm)
+            if self._sul_device is None:
+                self._sul_device = backend.to_device(self.sul, device)
+            return lesion_peaks(self._sul_device, backend.to_device(labels, device), n, spacing=self.spacing,
+                                radius_mm=self.ctx.config.radius_mm)
+        try:
+            return backend.run_on_device(run)
+        except BaseException:
+            self._sul_device = None
+            raise
 
     def _read(self, name: str) -> np.ndarray | None:
         store = self.ctx.store
@@ -82,9 +107,11 @@ class _Study:
         lesions = study_lesion_labels(ctx.store, self.key, src, connectivity=ctx.config.connectivity)
         labels, n = lesions.labels, lesions.n
         organs = organ_of_lesions(labels, n, bone=self.organs["bone"], liver=liver)
+        peaks, device = self._peaks(labels, n)
+        self.device = {**self.device, **device}
         return assess_scan(self.sul, labels, n, spacing=self.spacing, liver=self.liver_site,
                            aorta=self.organs["aorta"], organ_of=organs, radius_mm=ctx.config.radius_mm,
-                           sphere_mm=ctx.config.percist_sphere_mm)
+                           sphere_mm=ctx.config.percist_sphere_mm, peaks=peaks)
 
 
 @register_stage("percist", requires=("track", "organs", "threshold"), needs_baseline=("organs", "threshold"),
@@ -112,4 +139,5 @@ def percist_stage(ctx: StageContext) -> StageOutput:
         new = [m["followup_lesion"] for m in rec.get("matches") or [] if m.get("status") == "new"]
         call = percist_call(bl, fu, new_lesions=new, uptake_min=uptake, **ctx.config.percist.call_options())
         out[src] = {**call.to_dict(), "baseline_source": bsrc}
-    return StageOutput(summary={"sources": out})
+    device = {**studies["bl"].device, **studies["fu"].device}
+    return StageOutput(summary={"sources": out, **device})

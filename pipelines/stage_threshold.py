@@ -12,6 +12,12 @@ aorta). The reference needs ``organs/liver`` or, without it, ``organs/aorta``
 (blood pool); with neither the mask is skipped with ``NO_LIVER_MASK``. Brain, bladder,
 kidneys and heart are excluded when ``organs/<name>`` masks exist (their
 physiological FDG uptake is not disease).
+
+Device: on a GPU worker (:func:`petcohort.engine.backend.stage_device`) the PET and
+the exclusion mask are moved to the device once and the three masks (and the
+41 % mask's labelling) are computed there; the reference sphere is placed on the
+host (its statistics touch a few thousand voxels). The masks come back as numpy;
+a device out of memory reruns the study on the CPU and records the fallback.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from petcohort.engine import backend
 from petcohort.engine.errors import PetCohortError
 from petcohort.engine.kernels.reference import liver_reference
 from petcohort.engine.segment import threshold
@@ -50,13 +57,24 @@ def _stats(mask: np.ndarray, voxel_ml: float) -> dict[str, Any]:
                 params=("threshold.fixed", "threshold.relative", "quantify.connectivity", "percist.sphere_mm"))
 def threshold_stage(ctx: StageContext) -> StageOutput:
     """Fixed, relative and PERCIST-adaptive threshold masks (see module docstring)."""
-    cfg = ctx.config
     pet = ctx.store.read_array(ctx.key, "pet")
     exclude, excluded = _exclusion(ctx)
+    (arrays, summary), device = backend.run_on_device(lambda dev: _masks(ctx, pet, exclude, dev))
+    return StageOutput(arrays=arrays, summary={"excluded_organs": excluded, **summary, **device})
+
+
+def _masks(ctx: StageContext, pet_host: np.ndarray, exclude_host: np.ndarray | None, device: str
+           ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The three masks with the PET on ``device`` (moved once); numpy masks and numbers come back."""
+    cfg = ctx.config
+    put = (lambda a: a) if device == "cpu" else (lambda a: None if a is None else backend.to_device(a, device))
+    pet, exclude = put(pet_host), put(exclude_host)
     voxel_ml = float(np.prod(ctx.spacing)) / 1000.0
-    suv25 = threshold.fixed(pet, cfg.threshold_fixed, exclude=exclude)
+    suv25_dev = threshold.fixed(pet, cfg.threshold_fixed, exclude=exclude)
+    suv25 = backend.to_numpy(suv25_dev)
+    del suv25_dev
     arrays = {"seg/threshold_suv25": suv25}
-    summary: dict[str, Any] = {"excluded_organs": excluded, "threshold_suv25": _stats(suv25, voxel_ml)}
+    summary: dict[str, Any] = {"threshold_suv25": _stats(suv25, voxel_ml)}
     factor = ctx.attrs.get("sul_per_suvbw")
     has_liver = ctx.store.has_array(ctx.key, "organs/liver")
     has_aorta = ctx.store.has_array(ctx.key, "organs/aorta")
@@ -65,7 +83,7 @@ def threshold_stage(ctx: StageContext) -> StageOutput:
     elif factor is None:
         summary["threshold_percist_reason"] = "SUL_UNAVAILABLE"
     else:
-        sul = pet.astype(np.float32) * np.float32(factor)
+        sul = pet_host.astype(np.float32) * np.float32(factor)
         liver = ctx.store.read_array(ctx.key, "organs/liver") if has_liver else None
         aorta = ctx.store.read_array(ctx.key, "organs/aorta") if has_aorta else None
         try:
@@ -76,7 +94,11 @@ def threshold_stage(ctx: StageContext) -> StageOutput:
         else:
             # the level rule follows the reference actually used (docs/methods.md "PERCIST 1.0")
             level = threshold.percist_level(ref.mean, ref.sd, source=ref.source)
-            percist = threshold.percist_adaptive(sul, ref.mean, ref.sd, source=ref.source, exclude=exclude)
+            if device != "cpu":  # the device's own SUL copy; the host one is freed first
+                del sul
+                sul = pet * np.float32(factor)
+            percist = backend.to_numpy(threshold.percist_adaptive(sul, ref.mean, ref.sd, source=ref.source,
+                                                                  exclude=exclude))
             arrays["seg/threshold_percist"] = percist
             a, b = threshold.PERCIST_LEVEL_FACTORS[ref.source]
             summary["threshold_percist"] = {**_stats(percist, voxel_ml), "level_sul": level,
@@ -85,8 +107,8 @@ def threshold_stage(ctx: StageContext) -> StageOutput:
         del sul, liver, aorta
     # the 41 % mask last: the SUL copy (4 bytes per voxel) and the labelling's transients are then never
     # alive together (worker peak memory, benchmarks/bench_scaling.py)
-    rel = threshold.relative(pet, cfg.threshold_relative, connectivity=cfg.connectivity,
-                             seed_level=cfg.threshold_fixed, exclude=exclude)
+    rel = backend.to_numpy(threshold.relative(pet, cfg.threshold_relative, connectivity=cfg.connectivity,
+                                              seed_level=cfg.threshold_fixed, exclude=exclude))
     arrays["seg/threshold_41pct"] = rel
     summary["threshold_41pct"] = _stats(rel, voxel_ml)
-    return StageOutput(arrays=arrays, summary=summary)
+    return arrays, summary

@@ -61,7 +61,7 @@ from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import check_same_grid, check_spacing
 from petcohort.engine.kernels.lesions import lesion_organs
 from petcohort.engine.kernels.reference import Reference, liver_reference
-from petcohort.engine.kernels.sulpeak import lesion_peaks
+from petcohort.engine.kernels.sulpeak import PeakResult, lesion_peaks
 from petcohort.engine.segment.threshold import PERCIST_LEVEL_FACTORS
 from petcohort.engine.stats.response import delta_percent
 from petcohort.engine.stats.tracking import lesion_voxels
@@ -201,7 +201,8 @@ def organ_of_lesions(labels: Any, n: int, *, bone: Any = None, liver: Any = None
 
 def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], liver: Any, aorta: Any = None,
                 lesion_ids: Sequence[int] | None = None, organ_of: Mapping[int, str] | None = None,
-                radius_mm: float = 6.2035, sphere_mm: float = 30.0) -> ScanAssessment:
+                radius_mm: float = 6.2035, sphere_mm: float = 30.0,
+                peaks: Sequence[PeakResult] | None = None) -> ScanAssessment:
     """PERCIST assessment of one scan.
 
     Parameters
@@ -223,6 +224,10 @@ def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], live
         SULpeak sphere radius (mm).
     sphere_mm : float
         Liver reference sphere diameter (mm).
+    peaks : sequence of PeakResult, optional
+        :func:`~petcohort.engine.kernels.sulpeak.lesion_peaks` of ``sul`` and
+        ``labels`` (radius ``radius_mm``) computed by the caller, e.g. on a GPU
+        worker with the arrays on the device; default: computed here.
 
     Returns
     -------
@@ -243,7 +248,10 @@ def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], live
     if bad:
         raise InputError("BAD_VALUE", f"lesion_ids must lie in 1..{n}, got {bad}")
     reference = liver_reference(sul, liver, spacing=spacing, lesions=labels, aorta=aorta, diameter_mm=sphere_mm)
-    peaks = lesion_peaks(sul, labels, n, spacing=spacing, radius_mm=radius_mm)
+    if peaks is None:
+        peaks = lesion_peaks(sul, labels, n, spacing=spacing, radius_mm=radius_mm)
+    elif len(peaks) != n:
+        raise InputError("BAD_VALUE", f"peaks holds {len(peaks)} lesions, labels {n}")
     voxel_ml = float(np.prod(spacing)) / 1000.0
     # lesion voxels only, in C order: each label's float64 sum accumulates as over the whole volume,
     # without a whole-volume float64 copy of the image

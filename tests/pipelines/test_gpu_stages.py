@@ -1,4 +1,4 @@
-"""Stages ``quantify`` and ``organs`` on a GPU worker: device results equal the CPU path; device OOM -> CPU.
+"""Stages ``quantify``, ``organs`` and ``threshold`` on a GPU worker: device results equal the CPU path; device OOM -> CPU.
 
 The ``gpu``-marked tests compare the device path with the numpy path (peaks
 within 1e-5 relative, lesions equal up to renumbering) and skip without cupy
@@ -139,3 +139,38 @@ def test_organs_gpu_equals_cpu(monkeypatch):
     assert dev.arrays.keys() == cpu.arrays.keys() and dev.arrays
     for name, mask in cpu.arrays.items():
         assert isinstance(dev.arrays[name], np.ndarray) and np.array_equal(dev.arrays[name], mask)
+
+
+def _threshold(store, key):
+    from petcohort.pipelines.stage_threshold import threshold_stage
+
+    return threshold_stage(_ctx(store, key))
+
+
+def test_threshold_falls_back_to_cpu_after_a_device_out_of_memory(monkeypatch):
+    store, key = _store("gpu-stages-thr-oom")
+    monkeypatch.setattr(backend, "stage_device", lambda: "cpu")
+    cpu = _threshold(store, key)
+    assert "device" not in cpu.summary and cpu.arrays["seg/threshold_suv25"].any()
+    monkeypatch.setattr(backend, "stage_device", lambda: "cuda")
+    monkeypatch.setattr(backend, "to_device", _oom)
+    dev = _threshold(store, key)
+    assert dev.summary["device"] == "cpu" and dev.summary["device_fallback"] == "GPU_OUT_OF_MEMORY"
+    assert {k: v for k, v in dev.summary.items() if not k.startswith("device")} == cpu.summary
+    assert dev.arrays.keys() == cpu.arrays.keys()
+    assert all(np.array_equal(dev.arrays[k], cpu.arrays[k]) for k in cpu.arrays)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs cupy and a CUDA device")
+def test_threshold_gpu_equals_cpu(monkeypatch):
+    store, key = _store("gpu-stages-thr")
+    monkeypatch.setattr(backend, "stage_device", lambda: "cpu")
+    cpu = _threshold(store, key)
+    monkeypatch.setattr(backend, "stage_device", lambda: "cuda")
+    dev = _threshold(store, key)
+    assert dev.summary["device"] == "cuda"
+    assert {k: v for k, v in dev.summary.items() if k != "device"} == cpu.summary
+    assert dev.arrays.keys() == cpu.arrays.keys() and len(cpu.arrays) == 3
+    for name, mask in cpu.arrays.items():
+        assert isinstance(dev.arrays[name], np.ndarray) and np.array_equal(dev.arrays[name], mask), name

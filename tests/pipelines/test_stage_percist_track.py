@@ -144,3 +144,42 @@ def test_percist_needs_a_committed_track_record(store):
     with pytest.raises(PetCohortError) as err:
         percist_stage(ctx)
     assert err.value.reason == "UPSTREAM_MISSING"
+
+
+def test_percist_peaks_fall_back_to_cpu_after_a_device_out_of_memory(store, monkeypatch):
+    from petcohort.engine import backend
+
+    def oom(*_a, **_k):
+        class OutOfMemoryError(MemoryError):  # the name cupy.cuda.memory uses
+            pass
+        raise OutOfMemoryError("Out of memory allocating 4,194,304 bytes")
+
+    _setup(store, _arrays(4.0), _arrays(2.0, shift=1))
+    _, cpu = _run(store)
+    assert "device" not in cpu
+    monkeypatch.setattr(backend, "stage_device", lambda: "cuda")
+    monkeypatch.setattr(backend, "to_device", oom)
+    _, dev = _run(store)
+    assert dev["device"] == "cpu" and dev["device_fallback"] == "GPU_OUT_OF_MEMORY"
+    assert dev["sources"] == cpu["sources"]                                # the CPU result, exactly
+
+
+@pytest.mark.gpu
+def test_percist_gpu_equals_cpu(store, monkeypatch):
+    from petcohort.engine import backend
+
+    if not backend.gpu_available():
+        pytest.skip("needs cupy and a CUDA device")
+    _setup(store, _arrays(4.0, extra_lesion=2.5), _arrays(2.0, extra_lesion=3.0, shift=1))
+    monkeypatch.setattr(backend, "stage_device", lambda: "cpu")
+    _, cpu = _run(store)
+    monkeypatch.setattr(backend, "stage_device", lambda: "cuda")
+    _, dev = _run(store)
+    assert dev["device"] == "cuda"
+    for src, call in cpu["sources"].items():
+        assert dev["sources"][src]["category"] == call["category"] and dev["sources"][src]["rule"] == call["rule"]
+        for k in ("baseline_target", "followup_target"):
+            a, b = call["evidence"].get(k), dev["sources"][src]["evidence"].get(k)
+            assert (a is None) == (b is None)
+            if a:
+                assert b["sulpeak"] == pytest.approx(a["sulpeak"], rel=1e-5)
