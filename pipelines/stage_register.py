@@ -8,8 +8,7 @@ the QC correlation before and after, and ``mask_source``. An implausible
 registration fails the study-stage with ``REGISTRATION_IMPLAUSIBLE`` (the
 message carries the QC), so U-Net_FU does not run on a misaligned baseline.
 
-Options: ``registration.seed`` of the run configuration (read here through
-``RunConfig.extra["registration_seed"]``; recorded in the summary). It is the
+Options: ``registration.seed`` of the run configuration (recorded in the summary). It is the
 stage's only param, so changing an nnU-Net option never redoes a registration.
 
 Schedule: :data:`SCHEDULE` (``"fast"``: whole-body PETs are block-averaged
@@ -18,24 +17,15 @@ recorded in the summary as ``schedule``.
 """
 from __future__ import annotations
 
-from typing import Any
 
 from petcohort.engine.errors import StageError
 from petcohort.engine.segment.registration import Geometry, register_rigid
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
 
-__all__ = ["DEFAULT_SEED", "SCHEDULE", "register_stage_fn"]
+__all__ = ["SCHEDULE", "register_stage_fn"]
 
-DEFAULT_SEED = 42
 #: registration schedule of the stage (engine/segment/registration.py ``SCHEDULES``).
 SCHEDULE = "fast"
-
-
-def _seed(extra: dict[str, Any]) -> int:
-    seed = extra.get("registration_seed", DEFAULT_SEED)
-    if not isinstance(seed, int) or seed < 0:
-        raise StageError("BAD_VALUE", f"registration_seed must be an int >= 0, got {seed!r}")
-    return seed
 
 
 @register_stage("register", applies_to="followup", params=("registration.seed",))
@@ -48,13 +38,13 @@ def register_stage_fn(ctx: StageContext) -> StageOutput:
     manual = store.read_array(base, "seg/manual") if store.has_array(base, "seg/manual") else None
     res = register_rigid(store.read_array(ctx.key, "pet"), Geometry.from_attrs(ctx.attrs),
                          store.read_array(base, "pet"), Geometry.from_attrs(base_attrs),
-                         moving_mask=manual, seed=_seed(ctx.config.extra), schedule=SCHEDULE)
+                         moving_mask=manual, seed=ctx.config.registration.seed, schedule=SCHEDULE)
     if res.flagged:
         raise StageError("REGISTRATION_IMPLAUSIBLE",
                          f"baseline -> follow-up registration rejected: {'; '.join(res.problems)} "
                          f"(correlation before {res.corr_before:.3f}, after {res.corr_after:.3f})")
     arrays = {"reg/baseline_pet": res.pet}
-    summary = {**res.summary(), "baseline": base, "seed": _seed(ctx.config.extra), "schedule": SCHEDULE,
+    summary = {**res.summary(), "baseline": base, "seed": ctx.config.registration.seed, "schedule": SCHEDULE,
                "mask_source": "manual" if manual is not None else None}
     if res.mask is not None:
         arrays["reg/baseline_mask"] = res.mask

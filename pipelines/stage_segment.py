@@ -58,40 +58,29 @@ from petcohort.pipelines.config import RunConfig
 from petcohort.pipelines.stages import MODEL_STAGES, StageContext, StageOutput, register_stage
 from petcohort.storage.nnunet_export import clipped_pet
 
-__all__ = ["MASK_SOURCES", "STAGE_INPUTS", "bind_stage_model", "segment_bl_stage", "segment_fu_stage",
+__all__ = ["STAGE_INPUTS", "bind_stage_model", "segment_bl_stage", "segment_fu_stage",
            "validate_models"]
 
-MASK_SOURCES = ("auto", "manual", "nnunet_bl")
 #: The study inputs (roles) each nnU-Net stage can give its model's channels.
 STAGE_INPUTS = {"segment_bl": ("pet", "ct"), "segment_fu": ROLES}
 _FOLD_MAPS: dict[str, dict[str, int]] = {}
 
 
 def _options(ctx: StageContext, model_key: str) -> dict[str, Any]:
-    extra = ctx.config.extra
-    folder = extra.get(model_key)
+    """The inference options of this study from the run configuration (validated there, before any study)."""
+    seg = ctx.config.segment
+    folder = getattr(seg, model_key)
     if not folder:
-        raise StageError("NO_MODEL", f"no nnU-Net model folder configured (RunConfig.extra[{model_key!r}])")
-    device = extra.get("device", "auto")
-    if device not in ("auto", "cpu", "cuda"):
-        raise StageError("BAD_VALUE", f"device must be auto, cpu or cuda, got {device!r}")
-    folds = extra.get("folds")
-    fold_map = extra.get("fold_map")
-    if fold_map:
+        raise StageError("NO_MODEL", f"no nnU-Net model folder configured (segment.{model_key})")
+    folds = None if seg.folds is None else list(seg.folds)
+    if seg.fold_map:
+        mapping = _read_fold_map(str(seg.fold_map))
         patient = str(ctx.attrs.get("patient"))
-        mapping = _read_fold_map(str(fold_map))
         if patient in mapping:
             folds = [mapping[patient]]
-    tile_step, tta = extra.get("tile_step", 0.5), extra.get("tta", True)
-    if not isinstance(tile_step, (int, float)) or not 0 < tile_step <= 1 or not isinstance(tta, bool):
-        raise StageError("BAD_VALUE", f"tile_step must be in (0, 1] and tta a bool, got {tile_step!r}, "
-                                             f"{tta!r}")
-    try:
-        folds = None if folds is None else [int(f) for f in folds]
-    except (TypeError, ValueError):
-        raise StageError("BAD_VALUE", f"folds must be a list of ints, got {folds!r}") from None
-    return {"folder": str(folder), "folds": folds, "device": nnunet.default_device() if device == "auto" else device,
-            "tta": tta, "tile_step": float(tile_step)}
+    return {"folder": str(folder), "folds": folds,
+            "device": nnunet.default_device() if seg.device == "auto" else seg.device,
+            "tta": seg.tta, "tile_step": float(seg.tile_step)}
 
 
 def _read_fold_map(path: str) -> dict[str, int]:
@@ -243,9 +232,7 @@ def segment_bl_stage(ctx: StageContext) -> StageOutput:
 
 def _baseline_mask(ctx: StageContext, reg: dict[str, Any]) -> tuple[np.ndarray, str]:
     store, base = ctx.store, ctx.baseline_key
-    choice = ctx.config.extra.get("fu_mask_source", "auto")
-    if choice not in MASK_SOURCES:
-        raise StageError("BAD_VALUE", f"fu_mask_source must be one of {MASK_SOURCES}, got {choice!r}")
+    choice = ctx.config.segment.fu_mask_source
     if choice in ("auto", "manual") and store.has_array(ctx.key, "reg/baseline_mask"):
         return store.read_array(ctx.key, "reg/baseline_mask"), "manual"
     if choice == "manual":

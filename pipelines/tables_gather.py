@@ -102,13 +102,16 @@ class Cohort:
         return out
 
 
-def gather(store) -> Cohort:
-    """Read study attrs and committed stage summaries (records with another status are counted only)."""
+def gather(store, records: dict[tuple[str, str], dict] | None = None) -> Cohort:
+    """Read study attrs and committed stage summaries (records with another status are counted only).
+
+    ``records``: ``store.stage_records()`` when the caller has read them already (read here when None).
+    """
     keys = list(store.study_keys())
     attrs = {k: dict(store.study_attrs(k)) for k in keys}
     by_stage: dict[str, dict[str, dict]] = {}
     failed: dict[str, int] = {}
-    for (key, stage), rec in store.stage_records().items():
+    for (key, stage), rec in (store.stage_records() if records is None else records).items():
         if key not in attrs:
             continue
         if rec.get("status") == "committed":

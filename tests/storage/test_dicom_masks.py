@@ -11,9 +11,10 @@ from dicom_fixtures import lps_contour, write_pet_series, write_rtstruct, write_
 from pydicom.dataset import Dataset
 
 from petcohort.engine.errors import DicomError, InputError
-from petcohort.storage.dicom_masks import (MaskObject, PetGrid, SegmentInfo, _role_from_text, is_mask_object,
-                                           match_mask, rasterise_mask, read_mask_header)
+from petcohort.storage.dicom_masks import (MaskObject, PetGrid, SegmentInfo, is_mask_object, match_mask,
+                                           rasterise_mask, read_mask_header)
 from petcohort.storage.dicom_read import read_single_series
+from petcohort.storage.dicom_roles import _role_from_text
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom-samples"
 SHAPE, SPACING, ORIGIN = (6, 10, 12), (4.0, 3.0, 2.5), (-100.0, -50.0, -60.0)
@@ -488,7 +489,7 @@ def test_segment_info_is_frozen():
 
 def test_retired_srt_codes_have_the_same_roles():
     """Older SEGs code segments with SNOMED RT (SRT) designators; they map through the standard's SRT->SCT table."""
-    from petcohort.storage.dicom_masks import _role_from_code
+    from petcohort.storage.dicom_roles import _role_from_code
 
     assert _role_from_code("SRT:T-62000", "") == "liver"
     assert _role_from_code("SRT:T-D016E", "") == "bone"
