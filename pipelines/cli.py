@@ -90,15 +90,20 @@ def ingest(
     mask_kind: Optional[str] = typer.Option(
         None, "--mask-kind", help="SEG | RTSTRUCT: take lesions only from mask objects of this kind (an archive "
         "holding one annotation in both forms)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Run configuration (YAML); ingest uses its suv "
+                                          "section (suv.lbm, suv.always_backcompute)."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override one configuration key, e.g. --set "
+                                             "suv.lbm=james (repeatable; wins over --config)."),
 ) -> None:
     """Ingest DICOM PET/CT (with SEG/RTSTRUCT masks) or NIfTI studies; bad studies are recorded, others go on."""
     _setup_logging()
     from petcohort.pipelines.ingest import ingest_tree
 
     try:
+        suv_config = _run_config(config, sets, {}).suv   # a bad configuration fails here, before any study
         report = ingest_tree(src, store, overrides=_overrides(weight, height, sex, dose, injection_time),
                              pet_series=pet_series, ct_series=ct_series, mask_label=mask_label,
-                             mask_kind=mask_kind)
+                             mask_kind=mask_kind, suv=suv_config)
     except PetCohortError as exc:
         _fail(exc)
     typer.echo(json.dumps(report, indent=2, default=str))

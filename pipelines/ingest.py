@@ -27,6 +27,7 @@ import numpy as np
 from petcohort.engine import __version__
 from petcohort.engine.errors import ConfigError, DicomError, InputError, PetCohortError, StoreError, SuvError
 from petcohort.engine.kernels import suv as suv_kernels
+from petcohort.pipelines.config import SuvConfig
 from petcohort.storage.dicom_masks import PetGrid, lesion_segments, match_mask, rasterise_mask, read_mask_header
 from petcohort.storage.dicom_read import SeriesInfo, read_series, scan_dicom_archive, scan_dicom_tree, slice_geometry
 from petcohort.storage.dicom_select import SeriesChoice, compile_pattern, select_ct, select_pet
@@ -103,7 +104,7 @@ def _open_store(store_url: str | os.PathLike):
 
 def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrides: dict | None = None,
                 pet_series: str | None = None, ct_series: str | None = None, mask_label: str | None = None,
-                mask_kind: str | None = None) -> dict:
+                mask_kind: str | None = None, suv: SuvConfig | None = None) -> dict:
     """Ingest every DICOM PET/CT study and autoPET NIfTI folder under ``src``.
 
     Parameters
@@ -128,6 +129,11 @@ def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrid
     mask_kind : {"SEG", "RTSTRUCT"}, optional
         Take lesions only from mask objects of this kind (an archive that
         holds the same annotation as both a SEG and an RTSTRUCT).
+    suv : SuvConfig, optional
+        The run configuration's ``suv`` section: ``lbm`` (SUL's lean body
+        mass formula) and ``always_backcompute`` (reference-time rule);
+        default: the configuration defaults. Recorded in each study's
+        ``suv`` attrs.
 
     Returns
     -------
@@ -144,7 +150,7 @@ def ingest_tree(src: str | os.PathLike, store_url: str | os.PathLike, *, overrid
         # the path itself may name a patient: not echoed
         raise InputError("FILE_NOT_FOUND", "the source folder given to ingest does not exist")
     # bad options are the caller's error: raise before touching the store
-    opts = IngestOptions.build(overrides, pet_series, ct_series, mask_label, mask_kind)
+    opts = IngestOptions.build(overrides, pet_series, ct_series, mask_label, mask_kind, suv)
     store = _open_store(store_url)
     candidates, findings = _discover(src, opts)
     result: dict[str, list] = {"ingested": [], "skipped": [], "failed": [],
@@ -285,6 +291,7 @@ class IngestOptions:
     """The user's ingest choices, validated once before any study is read."""
 
     overrides: SuvOverrides
+    suv: SuvConfig                     # lbm formula and reference-time rule of SUV/SUL (run config ``suv``)
     pet_series: re.Pattern | None = None
     ct_series: re.Pattern | None = None
     mask_label: re.Pattern | None = None
@@ -292,10 +299,11 @@ class IngestOptions:
 
     @classmethod
     def build(cls, overrides: dict | None = None, pet_series: str | None = None, ct_series: str | None = None,
-              mask_label: str | None = None, mask_kind: str | None = None) -> "IngestOptions":
+              mask_label: str | None = None, mask_kind: str | None = None,
+              suv: SuvConfig | None = None) -> "IngestOptions":
         if mask_kind is not None and str(mask_kind).upper() not in ("SEG", "RTSTRUCT"):
             raise ConfigError("BAD_VALUE", f"--mask-kind must be SEG or RTSTRUCT, got {mask_kind!r}")
-        return cls(SuvOverrides.from_dict(overrides), compile_pattern(pet_series, "--pet-series"),
+        return cls(SuvOverrides.from_dict(overrides), suv or SuvConfig(), compile_pattern(pet_series, "--pet-series"),
                    compile_pattern(ct_series, "--ct-series"), compile_pattern(mask_label, "--mask-label"),
                    None if mask_kind is None else str(mask_kind).upper())
 
@@ -309,7 +317,7 @@ def _discover(src: Path, opts: IngestOptions) -> tuple[list[_Candidate], list[di
     candidates: list[_Candidate] = []
     nifti_dirs = sorted(p.parent for p in src.rglob("SUV.nii.gz") if is_autopet_folder(p.parent))
     for folder in nifti_dirs:
-        candidates.append(_nifti_candidate(src, folder, opts.overrides))
+        candidates.append(_nifti_candidate(src, folder, opts))
     archive = scan_dicom_archive(src)
     findings: list[dict] = []
     if archive.unreadable:
@@ -448,7 +456,8 @@ def _uptake(report: dict) -> tuple[float | None, str | None]:
 
 def _load_dicom(chosen: _StudySources, opts: IngestOptions) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     pet = chosen.pet.series
-    report = suv_from_datasets(list(pet.headers), overrides=opts.overrides)
+    report = suv_from_datasets(list(pet.headers), overrides=opts.overrides, lbm=opts.suv.lbm,
+                               always_backcompute=opts.suv.always_backcompute)
     if report["reason"]:
         raise SuvError(report["reason"], report["message"])
     scale = report["suv_bw_factor"] if report["suv_bw_factor"] is not None else report["suv_bw_factors"]
@@ -552,7 +561,7 @@ def _dicom_masks(chosen: _StudySources, grid, opts: IngestOptions) -> tuple[dict
     return arrays, prov
 
 
-def _nifti_candidate(src: Path, folder: Path, ov: SuvOverrides) -> _Candidate:
+def _nifti_candidate(src: Path, folder: Path, opts: IngestOptions) -> _Candidate:
     rel = folder.relative_to(src).as_posix()
     try:
         meta = read_sidecar(folder)
@@ -572,10 +581,11 @@ def _nifti_candidate(src: Path, folder: Path, ov: SuvOverrides) -> _Candidate:
     return _Candidate(kind="nifti", patient_raw=str(meta.get("patient_id") or "") or None,
                       study_raw=str(meta.get("study_uid") or rel), scan_time=scan,
                       timepoint_hint=int(tp) if isinstance(tp, int) else None,
-                      load=lambda: _load_nifti(folder, ov))
+                      load=lambda: _load_nifti(folder, opts))
 
 
-def _load_nifti(folder: Path, ov: SuvOverrides) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _load_nifti(folder: Path, opts: IngestOptions) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    ov = opts.overrides
     study = read_study_folder(folder)
     meta = study.meta
     weight = ov.weight_kg if ov.weight_kg is not None else meta.get("weight_kg")
@@ -591,7 +601,8 @@ def _load_nifti(folder: Path, ov: SuvOverrides) -> tuple[dict[str, np.ndarray], 
         if sex not in ("M", "F"):
             raise SuvError("SUV_MISSING_SEX" if sex is None else "SUV_UNSUPPORTED_SEX",
                            f"SUL needs sex 'M' or 'F', got {sex!r}")
-        sul, lbm_kg = suv_kernels.sul_per_suvbw(suv_kernels.Body(float(weight), float(height), sex))
+        sul, lbm_kg = suv_kernels.sul_per_suvbw(suv_kernels.Body(float(weight), float(height), sex),
+                                                lbm=opts.suv.lbm)
     except SuvError as exc:
         sul_reason = exc.reason
     uptake = meta.get("uptake_min")
@@ -600,7 +611,7 @@ def _load_nifti(folder: Path, ov: SuvOverrides) -> tuple[dict[str, np.ndarray], 
              "origin": list(study.origin), "weight_kg": weight, "height_m": height, "sex": sex,
              "injected_dose_bq": dose, "uptake_min": uptake,
              "suv": {"bw_factor": 1.0, "lbm_factor": sul, "units": "SUVbw", "decay_correction": None,
-                     "reference_rule": None, "overrides": overrides, "lbm_formula": "janmahasatian",
+                     "reference_rule": None, "overrides": overrides, "lbm_formula": opts.suv.lbm,
                      "lbm_kg": lbm_kg, "source_file": "SUV.nii.gz"},
              "sul_per_suvbw": sul, "sul_reason": sul_reason, "source": "nifti"}
     if uptake is None:

@@ -161,3 +161,21 @@ def test_missing_source_and_bad_override_raise_before_writing(tmp_path):
         ingest_tree(tmp_path, tmp_path / "cohort.zarr", overrides={"weight_kg": "heavy"})
     assert e.value.reason == "SUV_BAD_OVERRIDE"
     assert not (tmp_path / "cohort.zarr").exists()
+
+
+def test_ingest_uses_the_run_configuration_suv_section(tmp_path, tree):
+    """`ingest --set suv.lbm=james`: SUL by James' formula, recorded; a bad value fails before any study."""
+    from typer.testing import CliRunner
+
+    from petcohort.pipelines.cli import app
+
+    root, _ = tree
+    url = tmp_path / "cohort.zarr"
+    bad = CliRunner().invoke(app, ["ingest", str(root), "--store", str(url), "--set", "suv.lbm=boer"])
+    assert bad.exit_code != 0 and "suv.lbm" in bad.output and not url.exists()
+    ok = CliRunner().invoke(app, ["ingest", str(root), "--store", str(url), "--set", "suv.lbm=james"])
+    assert ok.exit_code == 1, ok.output          # Rob's study has no weight: recorded as failed, exit 1
+    store = CohortStore.open(url, mode="r")
+    bl = store.study_attrs(f"{store.pseudonym('MRN-000123')}-T0")
+    james = 1.07 * 70.0 - 148 * (70.0 / (1.64 * 100)) ** 2          # James 1976, women (kg; height in cm)
+    assert bl["suv"]["lbm_formula"] == "james" and bl["sul_per_suvbw"] == pytest.approx(james / 70.0)
