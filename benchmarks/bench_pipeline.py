@@ -100,7 +100,11 @@ def _measured_run(client, url: str, stages: list[str]) -> dict[str, Any]:
     return {"wall_s": wall, "cpu_s": cpu, "user_s": use["user"], "sys_s": use["sys"],
             "sys_share": use["sys"] / cpu if cpu else 0.0, "minflt": int(use["minflt"]), "done": len(s.done),
             "failed": len(s.failed), "peak_reset": reset,
-            "peak_growth_bytes": [rss_after[w]["maxrss"] - rss_before[w]["rss"] for w in rss_after]}
+            "peak_growth_bytes": [rss_after[w]["maxrss"] - rss_before[w]["rss"] for w in rss_after],
+            # absolute figures too: a worker keeps up to engine.allocator.MALLOC_BYTES of freed heap for reuse,
+            # which lowers the growth of a warm worker without lowering what it holds
+            "rss_before_bytes": [rss_before[w]["rss"] for w in rss_after],
+            "peak_rss_bytes": [rss_after[w]["maxrss"] for w in rss_after]}
 
 
 def _study_bytes(url: str) -> tuple[int, int]:
@@ -138,7 +142,9 @@ def pipeline(url: str, analysis: list[str], *, malloc: bool) -> dict[str, Any]:
     peaks = [p / study_bytes for p in full["peak_growth_bytes"]]
     print(f"full analysis: {full['wall_s'] / n_studies:.2f} s wall per study, {full['cpu_s'] / n_studies:.2f} CPU s "
           f"per study, system {100 * full['sys_share']:.1f} % of CPU, {full['minflt'] / 1e6:.2f} M minor faults; "
-          f"worker peak RSS growth {[round(p, 2) for p in peaks]} x largest pet+ct ({study_bytes / 2**20:.0f} MiB)")
+          f"worker peak RSS growth {[round(p, 2) for p in peaks]} x largest pet+ct ({study_bytes / 2**20:.0f} MiB); "
+          f"worker RSS before {[round(b / 2**20) for b in full['rss_before_bytes']]} MiB, "
+          f"peak {[round(b / 2**20) for b in full['peak_rss_bytes']]} MiB")
     print(f"light stages:  {light['wall_s'] / n_studies:.2f} s wall per study, "
           f"{light['cpu_s'] / n_studies:.2f} CPU s per study")
     report("pipeline_full_vs_light", f"analysis stages ({len(analysis)}) s/study", full["wall_s"] / n_studies,

@@ -226,7 +226,7 @@ def _check_image(name: str, array: np.ndarray) -> np.ndarray:
 
 
 def _apply(ants, tx_file: str, moving: np.ndarray, moving_geom: Geometry, fixed_img, interpolator: str):
-    """``antsApplyTransforms`` in single precision (``tx_file``: a transform file or ``"identity"``).
+    """``antsApplyTransforms`` of the ITK transform file ``tx_file``, in single precision.
 
     ANTs' default double precision converts and copies both images as float64: on a
     demo-size PET (12 MiB float32) 152 MiB of peak memory growth and 0.38 s, against
@@ -501,7 +501,8 @@ def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.n
         if moving_mask is not None:
             mask = (_apply(ants, tx_files[0], moving_mask, moving_geom, fixed_img, "genericLabel") > 0.5
                     ).astype(np.uint8)
-        before = _apply(ants, _write_transform(ants, None, os.path.join(tmp, "identity.mat")), moving_pet, moving_geom, fixed_img, "linear")
+        identity = _write_transform(ants, None, os.path.join(tmp, "identity.mat"))
+        before = _apply(ants, identity, moving_pet, moving_geom, fixed_img, "linear")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     corr_before = normalised_correlation(fixed_pet, before) if before.max() > before.min() else 0.0
