@@ -501,8 +501,11 @@ def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.n
         if moving_mask is not None:
             mask = (_apply(ants, tx_files[0], moving_mask, moving_geom, fixed_img, "genericLabel") > 0.5
                     ).astype(np.uint8)
-        identity = _write_transform(ants, None, os.path.join(tmp, "identity.mat"))
-        before = _apply(ants, identity, moving_pet, moving_geom, fixed_img, "linear")
+        if moving_pet.shape == fixed_pet.shape and moving_geom == fixed_geom:
+            before = moving_pet   # the identity onto the same grid samples every voxel centre: a copy
+        else:
+            identity = _write_transform(ants, None, os.path.join(tmp, "identity.mat"))
+            before = _apply(ants, identity, moving_pet, moving_geom, fixed_img, "linear")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     corr_before = normalised_correlation(fixed_pet, before) if before.max() > before.min() else 0.0

@@ -1,6 +1,9 @@
 """Rigid PET-PET registration (engine/segment/registration.py) on small synthetic PETs."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -178,3 +181,19 @@ def test_correlation_chunked_equals_direct():
     b = (a + rng.random(a.size).astype(np.float32)).astype(np.float32)
     direct = np.corrcoef(a.astype(np.float64), b.astype(np.float64))[0, 1]
     assert normalised_correlation(a, b) == pytest.approx(direct, rel=1e-12)
+
+
+def test_correlation_before_on_the_same_grid_is_the_identity_resampling():
+    """Same grid: the 'before' correlation takes the baseline as it is, which is what ITK's identity resampling gives."""
+    from petcohort.engine.segment import registration as reg
+
+    geom = Geometry(SPACING, (0.0, 0.0, 0.0))
+    fu, bl = _phantom(), _phantom((6.0, -4.5, 3.0))
+    res = register_rigid(fu, geom, bl, geom, seed=7)
+    assert res.corr_before == normalised_correlation(fu, bl)
+    ants = reg._ants()
+    with tempfile.TemporaryDirectory() as tmp:
+        identity = reg._write_transform(ants, None, os.path.join(tmp, "identity.mat"))
+        itk = reg._apply(ants, identity, bl, geom, reg._to_ants(ants, fu, geom), "linear")
+    np.testing.assert_allclose(itk, bl, rtol=1e-6, atol=1e-6)
+    assert normalised_correlation(fu, itk) == pytest.approx(res.corr_before, abs=1e-9)
