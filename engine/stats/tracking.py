@@ -1,10 +1,9 @@
 """Lesion tracking between a baseline and a follow-up scan.
 
-Baseline lesions are assumed to be on the follow-up grid already (rigidly
-registered, docs/methods.md "Registration"). This project has no registration
-module yet: callers with different grids map baseline centroids into the
-follow-up frame by physical LPS coordinates (identity transform in mm) and use
-:func:`match_centroids` (distance only).
+Baseline lesions are on the follow-up grid already: the ``track`` stage maps
+the baseline labels with the committed rigid registration (docs/methods.md
+"Registration"). Without a registration, baselines on another grid are matched
+by centroid distance in physical LPS coordinates (:func:`match_centroids`).
 
 :func:`match_lesions` (same grid), in three passes:
 
