@@ -90,9 +90,13 @@ def organ_voxel_counts(labels: Any, n: int, *, bone: Any = None, liver: Any = No
     labels = backend.to_numpy(labels)
     flat = labels.ravel()
     size = int(n) + 1
-    total = np.bincount(flat, minlength=size)[:size]
+    # lesion voxels only (a few per cent of a whole body); the background entries from totals
+    idx = np.flatnonzero(flat)
+    values = flat[idx]
+    total = np.bincount(values, minlength=size)[:size]
+    total[0] = flat.size - idx.size
     counts: dict[str, np.ndarray] = {}
-    either = None
+    either = either_background = None
     for name, mask in (("bone", bone), ("liver", liver)):
         if mask is None:
             counts[name] = np.zeros(size, dtype=np.int64)
@@ -100,9 +104,16 @@ def organ_voxel_counts(labels: Any, n: int, *, bone: Any = None, liver: Any = No
         m = backend.to_numpy(mask)
         check_same_grid(labels, m, names=("labels", name))
         m = m.ravel() != 0
-        counts[name] = np.bincount(flat[m], minlength=size)[:size]
-        either = m if either is None else (either | m)
-    other = total if either is None else total - np.bincount(flat[either], minlength=size)[:size]
+        at = m[idx]
+        counts[name] = np.bincount(values[at], minlength=size)[:size]
+        counts[name][0] = int(np.count_nonzero(m)) - int(np.count_nonzero(at))
+        either = at if either is None else (either | at)
+        either_background = m if either_background is None else (either_background | m)
+    if either is None:
+        other = total
+    else:
+        other = total - np.bincount(values[either], minlength=size)[:size]
+        other[0] = total[0] - (int(np.count_nonzero(either_background)) - int(np.count_nonzero(either)))
     return counts["bone"], counts["liver"], other
 
 

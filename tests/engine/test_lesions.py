@@ -109,3 +109,30 @@ def test_errors():
     assert e.value.reason == "IMAGE_NOT_FINITE"
     with pytest.raises(InputError):
         quantify(img, mask, spacing=(2, 2, 2), sul_per_suvbw=0)
+
+
+def test_organ_voxel_counts_equal_whole_volume_bincounts():
+    """Counts from the lesion voxels only equal bincounts over the whole volume (background entry included)."""
+    from petcohort.engine.kernels.lesions import organ_voxel_counts
+
+    def whole(labels, n, bone, liver):
+        flat, size = labels.ravel(), n + 1
+        total = np.bincount(flat, minlength=size)[:size]
+        out, either = [], None
+        for mask in (bone, liver):
+            if mask is None:
+                out.append(np.zeros(size, np.int64))
+                continue
+            m = mask.ravel() != 0
+            out.append(np.bincount(flat[m], minlength=size)[:size])
+            either = m if either is None else either | m
+        return (*out, total if either is None else total - np.bincount(flat[either], minlength=size)[:size])
+
+    rng = np.random.default_rng(0)
+    for t in range(40):
+        labels = rng.integers(0, 6, (9, 10, 11)) * (rng.random((9, 10, 11)) < 0.3)
+        n = int(rng.integers(5, 8))
+        bone = rng.random(labels.shape) < 0.3 if t % 3 else None
+        liver = (rng.random(labels.shape) < 0.4).astype(np.uint8) if t % 4 else None
+        for got, want in zip(organ_voxel_counts(labels, n, bone=bone, liver=liver), whole(labels, n, bone, liver)):
+            assert got.dtype == want.dtype and np.array_equal(got, want), t
