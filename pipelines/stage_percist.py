@@ -33,6 +33,7 @@ from petcohort.engine.errors import PetCohortError, StageError
 from petcohort.engine.kernels.reference import liver_site
 from petcohort.engine.kernels.sulpeak import lesion_peaks
 from petcohort.engine.stats.percist import assess_scan, organ_of_lesions, percist_call
+from petcohort.engine.stats.tracking import lesion_voxels
 from petcohort.pipelines.lesion_labels import study_lesion_labels
 from petcohort.pipelines.stage_track import require_baseline
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
@@ -106,12 +107,13 @@ class _Study:
         ctx, liver = self.ctx, self.organs["liver"]
         lesions = study_lesion_labels(ctx.store, self.key, src, connectivity=ctx.config.connectivity)
         labels, n = lesions.labels, lesions.n
-        organs = organ_of_lesions(labels, n, bone=self.organs["bone"], liver=liver)
+        voxels = lesion_voxels(labels)   # shared by the organ assignment and the lesion sums
+        organs = organ_of_lesions(labels, n, bone=self.organs["bone"], liver=liver, voxels=voxels)
         peaks, device = self._peaks(labels, n)
         self.device = {**self.device, **device}
         return assess_scan(self.sul, labels, n, spacing=self.spacing, liver=self.liver_site,
                            aorta=self.organs["aorta"], organ_of=organs, radius_mm=ctx.config.radius_mm,
-                           sphere_mm=ctx.config.percist_sphere_mm, peaks=peaks)
+                           sphere_mm=ctx.config.percist_sphere_mm, peaks=peaks, voxels=voxels)
 
 
 @register_stage("percist", requires=("track", "organs", "threshold"), needs_baseline=("organs", "threshold"),

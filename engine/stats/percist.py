@@ -182,14 +182,18 @@ def make_assessment(reference: Reference, lesions: Sequence[LesionAssessment]) -
                           top, float(sum(les.sulpeak for les in top)), float(sum(les.tlg for les in top)))
 
 
-def organ_of_lesions(labels: Any, n: int, *, bone: Any = None, liver: Any = None) -> dict[int, str]:
+def organ_of_lesions(labels: Any, n: int, *, bone: Any = None, liver: Any = None,
+                     voxels: tuple[np.ndarray, np.ndarray] | None = None) -> dict[int, str]:
     """Organ of each lesion by majority of its voxels: ``bone``, ``liver`` or ``other`` (ties in that order).
 
     The rule quantify uses for the lesion ``organ``
     (:func:`petcohort.engine.kernels.lesions.lesion_organs`), so both always agree.
+    ``voxels``: :func:`~petcohort.engine.stats.tracking.lesion_voxels` of ``labels``
+    when the caller has it already.
     """
     labels = backend.to_numpy(labels)
-    idx, values = lesion_voxels(labels)  # lesion voxels only: the same counts as over the whole volume
+    # lesion voxels only: the same counts as over the whole volume
+    idx, values = lesion_voxels(labels) if voxels is None else voxels
     at = {}
     for name, mask in (("bone", bone), ("liver", liver)):
         if mask is not None:
@@ -202,7 +206,8 @@ def organ_of_lesions(labels: Any, n: int, *, bone: Any = None, liver: Any = None
 def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], liver: Any, aorta: Any = None,
                 lesion_ids: Sequence[int] | None = None, organ_of: Mapping[int, str] | None = None,
                 radius_mm: float = 6.2035, sphere_mm: float = 30.0,
-                peaks: Sequence[PeakResult] | None = None) -> ScanAssessment:
+                peaks: Sequence[PeakResult] | None = None,
+                voxels: tuple[np.ndarray, np.ndarray] | None = None) -> ScanAssessment:
     """PERCIST assessment of one scan.
 
     Parameters
@@ -228,6 +233,9 @@ def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], live
         :func:`~petcohort.engine.kernels.sulpeak.lesion_peaks` of ``sul`` and
         ``labels`` (radius ``radius_mm``) computed by the caller, e.g. on a GPU
         worker with the arrays on the device; default: computed here.
+    voxels : (indices, labels), optional
+        :func:`~petcohort.engine.stats.tracking.lesion_voxels` of ``labels``
+        when the caller has it already (e.g. from :func:`organ_of_lesions`).
 
     Returns
     -------
@@ -255,7 +263,7 @@ def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], live
     voxel_ml = float(np.prod(spacing)) / 1000.0
     # lesion voxels only, in C order: each label's float64 sum accumulates as over the whole volume,
     # without a whole-volume float64 copy of the image
-    idx, values = lesion_voxels(labels)
+    idx, values = lesion_voxels(labels) if voxels is None else voxels
     sums = np.bincount(values, weights=sul.reshape(-1)[idx].astype(np.float64), minlength=n + 1)
     counts = np.bincount(values, minlength=n + 1)
     lesions = []
