@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["get_namespace", "is_cupy", "to_numpy", "to_device", "gpu_available", "ndimage", "raw_kernel",
+__all__ = ["get_namespace", "is_cupy", "to_numpy", "to_device", "mover", "gpu_available", "ndimage", "raw_kernel",
            "DEVICE_ENV", "stage_device", "is_out_of_memory", "run_on_device"]
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,17 @@ def to_device(array: Any, device: str = "cpu") -> Any:
             raise RuntimeError("device 'cuda' asked for but cupy is not installed")
         return cp.asarray(array)
     raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+
+def mover(device: str) -> Callable[[Any], Any]:
+    """A function that moves an array (or None) to ``device`` once per stage task.
+
+    On ``"cpu"`` it is the identity: the host arrays a stage read are used as
+    they are (no copy, and no device call that a CPU fallback could trip on).
+    """
+    if device == "cpu":
+        return lambda a: a
+    return lambda a: None if a is None else to_device(a, device)
 
 
 def gpu_available() -> bool:

@@ -59,7 +59,7 @@ def quantify_stage(ctx: StageContext) -> StageOutput:
 def _quantify_sources(ctx: StageContext, host: dict[str, Any], device: str
                       ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Quantify every source with the study arrays on ``device`` (moved once; numbers come back)."""
-    put = (lambda a: a) if device == "cpu" else (lambda a: None if a is None else backend.to_device(a, device))
+    put = backend.mover(device)
     pet, bone, liver = put(host["pet"]), put(host["bone"]), put(host["liver"])
     studies: dict[str, dict[str, Any]] = {}
     lesion_rows: dict[str, list[dict[str, Any]]] = {}

@@ -67,7 +67,7 @@ def _masks(ctx: StageContext, pet_host: np.ndarray, exclude_host: np.ndarray | N
            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The three masks with the PET on ``device`` (moved once); numpy masks and numbers come back."""
     cfg = ctx.config
-    put = (lambda a: a) if device == "cpu" else (lambda a: None if a is None else backend.to_device(a, device))
+    put = backend.mover(device)
     pet, exclude = put(pet_host), put(exclude_host)
     voxel_ml = float(np.prod(ctx.spacing)) / 1000.0
     suv25_dev = threshold.fixed(pet, cfg.threshold_fixed, exclude=exclude)
