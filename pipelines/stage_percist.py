@@ -80,11 +80,7 @@ class _Study:
                 self._sul_device = backend.to_device(self.sul, device)
             return lesion_peaks(self._sul_device, backend.to_device(labels, device), n, spacing=self.spacing,
                                 radius_mm=self.ctx.config.radius_mm)
-        try:
-            return backend.run_on_device(run)
-        except BaseException:
-            self._sul_device = None
-            raise
+        return backend.run_on_device(run)
 
     def _read(self, name: str) -> np.ndarray | None:
         store = self.ctx.store
