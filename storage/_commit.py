@@ -76,25 +76,36 @@ def staging_prefix(key: str, stage: str, token: str) -> str:
     return f"{STAGING}/{key}/{stage}-{token}"
 
 
-def compressor() -> BloscCodec:
-    """The codec for every array: Blosc(zstd, level 3, byte shuffle).
+#: Blosc codec of floating-point arrays (PET, SUV, registered PET) and of every other array.
+FLOAT_CODEC = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
+OTHER_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}
 
-    Chosen by ``python benchmarks/bench_store.py`` (codec table; JSON in
-    benchmarks/results/store_codecs.json) on a whole-body-like study of
+
+def compressor(dtype: Any = np.uint8) -> BloscCodec:
+    """The codec of an array of ``dtype``: Blosc + byte shuffle, lz4 for floats, zstd-3 otherwise.
+
+    Chosen by ``python benchmarks/bench_store.py`` (per-array codec table; JSON
+    in benchmarks/results/store_codecs.json) on a whole-body-like study of
     250x144x144 voxels (PET float32 with ~20 % multiplicative noise, CT int16,
-    lesion mask uint8), z-slab chunks. Bytes for the three arrays (raw 33.9
-    MiB): none 33.9, zstd-1 22.5, zstd-3 22.2, Blosc-lz4+shuffle 21.9,
-    Blosc-lz4+bitshuffle 20.0, Blosc-zstd3+bitshuffle 19.6,
-    **Blosc-zstd3+shuffle 19.5** (PET 1.23x, CT 2.85x, mask ~2000x), with the
-    fastest or near-fastest read among the compressed candidates (reads
-    dominate: every stage reads pet/ct, writes are once). Timings on the
-    shared 2-core machine varied 2-3x between runs; the byte counts are
-    exact. Noisy float32 PET barely compresses whatever the codec: its low
-    mantissa bits are noise. Byte shuffle groups the high bytes of
-    neighbouring voxels, which is what makes CT/PET compressible (Blosc docs,
-    "shuffle filter").
+    lesion mask uint8), z-slab chunks, and on the demo cohort's PETs.
+
+    * Integer arrays (CT, masks, labels): Blosc-zstd3+shuffle is the smallest
+      (CT 2.85x, mask ~2000x) with a read as fast as any compressed candidate.
+    * Floating-point arrays: every stage reads the PET (registration and PERCIST
+      read two), so its decode time is paid 5-8 times per study, and the
+      registered baseline PET is written once per follow-up. Blosc-lz4+shuffle
+      decodes a demo PET (355x88x164, 20 MiB) in 25 ms against 61 ms for
+      zstd-3 and encodes it in 79 ms against 227 ms, for 11 % more bytes
+      (6.9 vs 6.2 MiB). On the benchmark's noisy PET: 16.7 vs 16.1 MiB, read
+      15 vs 22 ms, write 45 vs 80 ms (noisy float32 barely compresses whatever
+      the codec: its low mantissa bits are noise).
+
+    Byte shuffle groups the high bytes of neighbouring voxels, which is what
+    makes CT/PET compressible (Blosc docs, "shuffle filter"). The codec is
+    stored in each array's metadata, so arrays written with another codec stay
+    readable.
     """
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    return BloscCodec(**(FLOAT_CODEC if np.dtype(dtype).kind == "f" else OTHER_CODEC))
 
 
 def chunks_for(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -167,7 +178,7 @@ def write_array(backend: Backend, path: str, value: np.ndarray) -> None:
     """Write ``value`` as a zarr v3 array at ``path`` (replacing one already there)."""
     arr = zarr.create_array(store=backend.zstore, name=path, shape=value.shape, dtype=value.dtype,
                             chunks=chunks_for(value.shape, value.dtype.itemsize),
-                            compressors=[compressor()], fill_value=0, overwrite=True,
+                            compressors=[compressor(value.dtype)], fill_value=0, overwrite=True,
                             zarr_format=3)
     if value.size:
         arr[...] = value

@@ -88,3 +88,21 @@ def test_sigkill_during_commits_leaves_a_consistent_store(tmp_path, delay):
     cleaned = CohortStore.open(store.url, mode="r+")  # unlocked r+: leftover staging removed
     assert not _staged(cleaned)
     assert cleaned.stage_record(KEY, "threshold") == rec
+
+
+def test_codec_per_dtype_lz4_for_floats_zstd_for_the_rest(tmp_path):
+    """Floats (every stage reads the PET) decode fastest with lz4; integer arrays stay smallest with zstd-3."""
+    import zarr
+
+    store = CohortStore.create(tmp_path / "c.zarr")
+    store.add_study("P-1-T0", {"spacing": [4.0, 4.0, 4.0]})
+    rng = np.random.default_rng(0)
+    arrays = {"pet": rng.random((6, 5, 4)).astype(np.float32), "ct": rng.integers(-1000, 900, (6, 5, 4)).astype(np.int16),
+              "seg/manual": (rng.random((6, 5, 4)) < 0.2).astype(np.uint8)}
+    store.write_arrays("P-1-T0", arrays)
+    for name, value in arrays.items():
+        got = store.read_array("P-1-T0", name)
+        assert got.dtype == value.dtype and np.array_equal(got, value)
+        meta = zarr.open_array(store=str(tmp_path / "c.zarr" / "studies" / "P-1-T0" / name), mode="r").metadata
+        blosc = [c for c in meta.codecs if type(c).__name__ == "BloscCodec"][0]
+        assert blosc.cname.value == ("lz4" if value.dtype.kind == "f" else "zstd")
