@@ -30,10 +30,10 @@ import numpy as np
 
 from petcohort.engine import backend
 from petcohort.engine.errors import PetCohortError, StageError
+from petcohort.engine.kernels.label import lesion_voxels
 from petcohort.engine.kernels.reference import liver_site
 from petcohort.engine.kernels.sulpeak import lesion_peaks
 from petcohort.engine.stats.percist import assess_scan, organ_of_lesions, percist_call
-from petcohort.engine.stats.tracking import lesion_voxels
 from petcohort.pipelines.lesion_labels import study_lesion_labels
 from petcohort.pipelines.stage_track import require_baseline
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
@@ -71,11 +71,13 @@ class _Study:
         self._sul_device: Any = None     # the SUL on the worker's device, moved once per study
         self.device: dict[str, str] = {}  # run_on_device's info of the last peaks (``device``, fallback)
 
-    def _peaks(self, labels: np.ndarray, n: int) -> tuple[list[Any], dict[str, str]]:
+    def _peaks(self, labels: np.ndarray, n: int, voxels: tuple[np.ndarray, np.ndarray]
+               ) -> tuple[list[Any], dict[str, str]]:
         """Every lesion's SULpeak, on the worker's device when it has one (CPU after a device OOM)."""
         def run(device: str) -> list[Any]:
             if device == "cpu":
-                return lesion_peaks(self.sul, labels, n, spacing=self.spacing, radius_mm=self.ctx.config.radius_mm)
+                return lesion_peaks(self.sul, labels, n, spacing=self.spacing, radius_mm=self.ctx.config.radius_mm,
+                                    voxels=voxels)
             if self._sul_device is None:
                 self._sul_device = backend.to_device(self.sul, device)
             return lesion_peaks(self._sul_device, backend.to_device(labels, device), n, spacing=self.spacing,
@@ -103,9 +105,9 @@ class _Study:
         ctx, liver = self.ctx, self.organs["liver"]
         lesions = study_lesion_labels(ctx.store, self.key, src, connectivity=ctx.config.connectivity)
         labels, n = lesions.labels, lesions.n
-        voxels = lesion_voxels(labels)   # shared by the organ assignment and the lesion sums
+        voxels = lesion_voxels(labels)   # shared by the organ assignment, the peaks and the lesion sums
         organs = organ_of_lesions(labels, n, bone=self.organs["bone"], liver=liver, voxels=voxels)
-        peaks, device = self._peaks(labels, n)
+        peaks, device = self._peaks(labels, n, voxels)
         self.device = {**self.device, **device}
         return assess_scan(self.sul, labels, n, spacing=self.spacing, liver=self.liver_site,
                            aorta=self.organs["aorta"], organ_of=organs, radius_mm=ctx.config.radius_mm,

@@ -16,7 +16,7 @@ import numpy as np
 from petcohort.engine import backend
 from petcohort.engine.kernels._validate import check_3d, check_connectivity
 
-__all__ = ["label", "label_instances", "lesion_labels", "structure"]
+__all__ = ["label", "label_instances", "label_groups", "lesion_labels", "lesion_voxels", "structure"]
 
 # connectivity -> rank of scipy.ndimage.generate_binary_structure(3, rank):
 # 1 = faces (6), 2 = faces+edges (18), 3 = faces+edges+corners (26).
@@ -128,3 +128,29 @@ def lesion_labels(mask: Any, instances: Any = None, *, connectivity: int = 26) -
         labels, n = label(mask, connectivity=connectivity)
         return labels, n, None
     return label_instances(instances, connectivity=connectivity)
+
+
+def lesion_voxels(labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Flat C-order indices of the non-zero voxels of ``labels`` and their labels.
+
+    Lesions fill a small fraction of a whole-body volume, so every per-label
+    reduction below runs on these voxels only. They keep the C order of the
+    volume, so a ``bincount`` over them accumulates each label's values in the
+    same order (same float64 rounding) as one over the whole volume.
+    """
+    flat = backend.to_numpy(labels).reshape(-1)
+    idx = np.flatnonzero(flat)
+    return idx, flat[idx]
+
+
+def label_groups(labs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group lesion voxels by label: ``(order, bounds)``.
+
+    ``labs`` are the labels of voxels listed in C order (e.g. from
+    :func:`lesion_voxels`); label ``i``'s
+    voxels are ``order[bounds[i - 1]:bounds[i]]``, still in C order (a stable
+    sort), for ``i`` in 1..n. Labels above ``n`` are left out.
+    """
+    order = np.argsort(labs, kind="stable")
+    bounds = np.searchsorted(labs[order], np.arange(1, n + 2))
+    return order, bounds

@@ -29,7 +29,7 @@ from petcohort.engine import backend
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import (check_3d, check_connectivity, check_finite, check_positive,
                                                  check_same_grid, check_spacing)
-from petcohort.engine.kernels.label import lesion_labels
+from petcohort.engine.kernels.label import label_groups, lesion_labels, lesion_voxels
 from petcohort.engine.kernels.sulpeak import DEFAULT_RADIUS_MM, kernel_size, lesion_peaks_unchecked
 
 __all__ = ["Quantification", "quantify", "STUDY_KEYS", "LESION_KEYS", "organ_voxel_counts", "majority_organ",
@@ -67,7 +67,8 @@ def majority_organ(bone_n: int, liver_n: int, other_n: int) -> str:
     return max(counts, key=lambda kv: kv[1])[0]  # max keeps the first of equal counts
 
 
-def organ_voxel_counts(labels: Any, n: int, *, bone: Any = None, liver: Any = None
+def organ_voxel_counts(labels: Any, n: int, *, bone: Any = None, liver: Any = None,
+                       voxels: tuple[np.ndarray, np.ndarray] | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxels of each label in the bone mask, in the liver mask and in neither.
 
@@ -76,6 +77,7 @@ def organ_voxel_counts(labels: Any, n: int, *, bone: Any = None, liver: Any = No
     labels : (Z, Y, X) integer ndarray (numpy or cupy), 0 = background, lesions 1..n
     n : int, the highest label
     bone, liver : (Z, Y, X) ndarray or None, same grid; non-zero = organ (None = no voxel in it)
+    voxels : (indices, labels), optional  :func:`~petcohort.engine.kernels.label.lesion_voxels` of ``labels``
 
     Returns
     -------
@@ -91,8 +93,7 @@ def organ_voxel_counts(labels: Any, n: int, *, bone: Any = None, liver: Any = No
     flat = labels.ravel()
     size = int(n) + 1
     # lesion voxels only (a few per cent of a whole body); the background entries from totals
-    idx = np.flatnonzero(flat)
-    values = flat[idx]
+    idx, values = lesion_voxels(labels) if voxels is None else voxels
     total = np.bincount(values, minlength=size)[:size]
     total[0] = flat.size - idx.size
     counts: dict[str, np.ndarray] = {}
@@ -214,37 +215,40 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
     check_finite(image, "image")
 
     labels, n, parents = lesion_labels(mask, instances, connectivity=connectivity)
-    # Peaks run where the arrays live (GPU RawKernel for cupy input); the
-    # per-lesion statistics below are cheap box reductions done on the host.
-    peaks = lesion_peaks_unchecked(image, labels, n, spacing=sp, radius_mm=radius_mm)
     image_h = backend.to_numpy(image)
     labels_h = backend.to_numpy(labels)
+    # the lesion voxels, found once: every per-lesion reduction below runs on them (C order kept)
+    voxels = lesion_voxels(labels_h)
+    # Peaks run where the arrays live (GPU RawKernel for cupy input); the
+    # per-lesion statistics below are cheap reductions over lesion voxels on the host.
+    peaks = lesion_peaks_unchecked(image, labels, n, spacing=sp, radius_mm=radius_mm,
+                                   voxels=None if backend.is_cupy(labels) else voxels)
     bone_h = None if bone is None else backend.to_numpy(bone) != 0
     liver_h = None if liver is None else backend.to_numpy(liver) != 0
-    in_bone_n, in_liver_n, in_other_n = organ_voxel_counts(labels_h, n, bone=bone_h, liver=liver_h)
+    in_bone_n, in_liver_n, in_other_n = organ_voxel_counts(labels_h, n, bone=bone_h, liver=liver_h, voxels=voxels)
     kv, kml = kernel_size(sp, radius_mm)
     voxel_ml = math.prod(sp) / 1000.0
-
-    import scipy.ndimage as ndi  # noqa: PLC0415
+    order, bounds = label_groups(voxels[1], n)
+    image_flat = image_h.reshape(-1)
 
     lesions: list[dict[str, Any]] = []
     centroids = []
     total_sum, total_n, in_bone, in_liver = 0.0, 0, 0, 0
-    for lab, sl in enumerate(ndi.find_objects(labels_h, max_label=n), start=1):
-        if sl is None:  # cannot happen with consecutive labels; kept for safety
+    for lab in range(1, n + 1):
+        at = voxels[0][order[bounds[lab - 1]:bounds[lab]]]   # the lesion's voxels, C order
+        if at.size == 0:  # cannot happen with consecutive labels; kept for safety
             continue
-        sel = labels_h[sl] == lab
-        values = image_h[sl][sel].astype(np.float64)
-        voxels = int(values.size)
+        values = image_flat[at].astype(np.float64)
+        voxels_n = int(values.size)
         vsum = float(values.sum())
-        idx = np.stack(np.nonzero(sel), axis=1) + np.array([s.start for s in sl])
+        idx = np.stack(np.unravel_index(at, image_h.shape), axis=1)
         centroid = org + idx.mean(axis=0) * np.asarray(sp)
         nb, nl = int(in_bone_n[lab]), int(in_liver_n[lab])
         pk = peaks[lab - 1]
-        mtv = voxels * voxel_ml
-        suvmean = vsum / voxels
+        mtv = voxels_n * voxel_ml
+        suvmean = vsum / voxels_n
         lesion = {
-            "lesion": lab, "voxels": voxels, "mtv_ml": mtv, "suvmax": float(values.max()),
+            "lesion": lab, "voxels": voxels_n, "mtv_ml": mtv, "suvmax": float(values.max()),
             "suvmean": suvmean,
             "sulpeak": None if sul_per_suvbw is None else pk.global_peak * sul_per_suvbw,
             "suvpeak": pk.global_peak, "local_peak": pk.local_peak, "tlg": mtv * suvmean,
@@ -257,7 +261,7 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
         lesions.append(lesion)
         centroids.append(centroid)
         total_sum += vsum
-        total_n += voxels
+        total_n += voxels_n
         in_bone += nb
         in_liver += nl
 

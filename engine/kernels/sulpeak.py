@@ -13,14 +13,16 @@ J Nucl Med 2009):
   the neighbourhood mean at the hottest mask voxel (ties: highest of them).
 * Default ``r = (3 / (4 pi))^(1/3) cm = 6.2035 mm`` (a 1 mL sphere).
 
-Method (CPU). Only mask voxels are evaluated, inside each lesion's bounding
-box padded by the kernel radius (every in-image neighbour of a lesion voxel
-lies in that box). The sphere is a stack of x-rows: for each ``(dz, dy)`` the
-admitted ``dx`` form the contiguous range ``[-w, w]``. Row sums come from a
-prefix sum along x of the box, so the neighbourhood sum of a voxel is
+Method (CPU). Only mask voxels are evaluated, all lesions of a call together.
+The sphere is a stack of x-rows: for each ``(dz, dy)`` the admitted ``dx``
+form the contiguous range ``[-w, w]``. Row sums come from prefix sums along x
+of the image rows the spheres touch, each started at its lesion's bounding box
+(padded by the kernel radius), so the neighbourhood sum of a voxel is
 ``sum over rows of P[x1 + 1] - P[x0]`` with the row clipped to the image, and
-the in-image count is ``sum of (x1 - x0 + 1)``. This is exact (float64) and
-costs O(box) + O(mask voxels x rows) instead of a full-volume correlation.
+the in-image count is ``sum of (x1 - x0 + 1)``. This is exact (float64): the
+prefix values are bitwise those of a prefix over the lesion's box alone. It
+costs O(touched rows) + O(mask voxels x rows) instead of a full-volume
+correlation, with no per-lesion pass over the volume.
 
 Method (GPU, cupy arrays). One CUDA thread per mask voxel loops over the
 sphere offsets with an explicit bounds test (a RawKernel obtained through
@@ -37,6 +39,7 @@ import numpy as np
 
 from petcohort.engine import backend
 from petcohort.engine.errors import InputError
+from petcohort.engine.kernels.label import label_groups, lesion_voxels
 from petcohort.engine.kernels.sphere import sphere_offsets
 from petcohort.engine.kernels._validate import (check_3d, check_finite, check_positive, check_same_grid,
                                                  check_spacing)
@@ -104,37 +107,62 @@ def _rows(offsets: np.ndarray) -> np.ndarray:
     return np.array([(dz, dy, w) for (dz, dy), w in sorted(rows.items())], dtype=np.int64).reshape(-1, 3)
 
 
-def _means_in_box(box: np.ndarray, cz: np.ndarray, cy: np.ndarray, cx: np.ndarray,
-                  rows: np.ndarray) -> np.ndarray:
-    """Neighbourhood means at centres (box coordinates) by x-row prefix sums.
+#: budget (float64 elements) of one chunk's row prefix sums in :func:`_means_cpu` (32 MiB).
+_PREFIX_BUDGET = 1 << 22
 
-    ``box`` must contain every in-image neighbour of every centre; its borders
-    are either image borders or at least the kernel reach away.
+
+def _means_cpu(image: np.ndarray, cz: np.ndarray, cy: np.ndarray, cx: np.ndarray, lo_x: np.ndarray,
+               rows: np.ndarray) -> np.ndarray:
+    """Neighbourhood means at centres ``(cz, cy, cx)`` (image indices) by x-row prefix sums.
+
+    ``lo_x`` is, per centre, the first x of its lesion's box (the lesion's lowest
+    x minus the kernel reach, clipped at 0). Each image row a centre's sphere
+    touches is summed from that x on, in float64, one element after the other:
+    the row sum of a centre is then the difference of two prefix values that
+    are bitwise those of a prefix over the lesion's box alone, so a lesion's
+    means do not depend on which other lesions are evaluated with it. All
+    lesions are evaluated together; rows shared by centres with the same
+    ``lo_x`` are summed once.
     """
-    bz, by, bx = box.shape
-    prefix = np.zeros((bz, by, bx + 1), dtype=np.float64)
-    np.cumsum(box, axis=2, dtype=np.float64, out=prefix[:, :, 1:])
-    flat = prefix.ravel()
-    sums = np.zeros(cz.shape[0], dtype=np.float64)
-    counts = np.zeros(cz.shape[0], dtype=np.int64)
-    for dz, dy, w in rows.tolist():
-        zz = cz + dz
-        yy = cy + dy
-        ok = (zz >= 0) & (zz < bz) & (yy >= 0) & (yy < by)
-        if ok.all():  # the usual case away from the image border: no fancy indexing
-            x0 = np.maximum(cx - w, 0)
-            x1 = np.minimum(cx + w, bx - 1)
-            base = (zz * by + yy) * (bx + 1)
-            sums += flat[base + x1 + 1] - flat[base + x0]
-            counts += x1 - x0 + 1
-            continue
-        if not ok.any():
-            continue
-        x0 = np.maximum(cx[ok] - w, 0)
-        x1 = np.minimum(cx[ok] + w, bx - 1)
-        base = (zz[ok] * by + yy[ok]) * (bx + 1)
-        sums[ok] += flat[base + x1 + 1] - flat[base + x0]
-        counts[ok] += x1 - x0 + 1
+    nz, ny, nx = image.shape
+    m = int(cz.shape[0])
+    sums = np.zeros(m, dtype=np.float64)
+    counts = np.zeros(m, dtype=np.int64)
+    plane = image.reshape(nz * ny, nx)
+    step = max(1, _PREFIX_BUDGET // (max(len(rows), 1) * (nx + 1)))
+    columns = np.arange(nx)
+    for a in range(0, m, step):
+        z, y, x, lo = cz[a:a + step], cy[a:a + step], cx[a:a + step], lo_x[a:a + step]
+        zz = z[:, None] + rows[None, :, 0]
+        yy = y[:, None] + rows[None, :, 1]
+        ok = (zz >= 0) & (zz < nz) & (yy >= 0) & (yy < ny)
+        key = (zz * ny + yy) * nx + lo[:, None]
+        uniq, inv = np.unique(key[ok], return_inverse=True)
+        row, first = np.divmod(uniq, nx)
+        seg = plane[row].astype(np.float64)
+        seg[columns[None, :] < first[:, None]] = 0.0         # the row starts at its box's first x
+        prefix = np.zeros((uniq.shape[0], nx + 1), dtype=np.float64)
+        np.cumsum(seg, axis=1, out=prefix[:, 1:])
+        del seg
+        flat = prefix.ravel()
+        base = np.zeros(ok.shape, dtype=np.int64)
+        base[ok] = inv.reshape(-1) * (nx + 1)
+        part_sums, part_counts = sums[a:a + step], counts[a:a + step]   # views
+        for r, w in enumerate(rows[:, 2].tolist()):
+            sel = ok[:, r]
+            if not sel.any():
+                continue
+            if sel.all():
+                x0 = np.maximum(x - w, lo)
+                x1 = np.minimum(x + w, nx - 1)
+                part_sums += flat[base[:, r] + x1 + 1] - flat[base[:, r] + x0]
+                part_counts += x1 - x0 + 1
+                continue
+            x0 = np.maximum(x[sel] - w, lo[sel])
+            x1 = np.minimum(x[sel] + w, nx - 1)
+            b = base[sel, r]
+            part_sums[sel] += flat[b + x1 + 1] - flat[b + x0]
+            part_counts[sel] += x1 - x0 + 1
     return sums / counts
 
 
@@ -199,25 +227,34 @@ def _empty(kv: int, kml: float) -> PeakResult:
 
 
 def _peaks_cpu(image: np.ndarray, labels: np.ndarray, n: int, offsets: np.ndarray, kv: int,
-               kml: float) -> list[PeakResult]:
-    import scipy.ndimage as ndi  # noqa: PLC0415
+               kml: float, voxels: tuple[np.ndarray, np.ndarray] | None) -> list[PeakResult]:
+    idx, labs = lesion_voxels(labels) if voxels is None else voxels
+    idx = np.asarray(idx, dtype=np.int64)
+    labs = np.asarray(labs).astype(np.int64, copy=False)
+    order, bounds = label_groups(labs, n)
+    idx = idx[order[:bounds[-1]]]                       # labels 1..n, grouped, C order inside each
+    group = labs[order[:bounds[-1]]]
+    cz, cy, cx = np.unravel_index(idx, image.shape)
+    reach_x = int(np.abs(offsets[:, 2]).max())
+    # each lesion's box starts reach_x before its lowest x (clipped at the image border)
+    filled = np.flatnonzero(bounds[1:] > bounds[:-1])
+    low = np.zeros(n, dtype=np.int64)
+    if filled.size:
+        low[filled] = np.minimum.reduceat(cx, bounds[filled])
+    lo_x = np.maximum(low - reach_x, 0)[group - 1]
+    means = _means_cpu(image, cz, cy, cx, lo_x, _rows(offsets))
+    values = image.reshape(-1)[idx].astype(np.float64)
+    coords = np.stack([cz, cy, cx], axis=1)
+    return _per_label(means, values, coords, bounds, n, kv, kml)
 
-    reach = np.abs(offsets).max(axis=0)
-    rows = _rows(offsets)
+
+def _per_label(means: np.ndarray, values: np.ndarray, coords: np.ndarray, bounds: np.ndarray, n: int,
+               kv: int, kml: float) -> list[PeakResult]:
+    """PeakResults of labels 1..n from per-voxel means/values/coords grouped by label (``bounds``)."""
     out: list[PeakResult] = []
-    for lab, sl in enumerate(ndi.find_objects(labels, max_label=n), start=1):
-        if sl is None:
-            out.append(_empty(kv, kml))
-            continue
-        lo = [max(s.start - int(r), 0) for s, r in zip(sl, reach)]
-        hi = [min(s.stop + int(r), dim) for s, r, dim in zip(sl, reach, image.shape)]
-        box_slices = tuple(slice(a, b) for a, b in zip(lo, hi))
-        sub_labels = labels[box_slices]
-        cz, cy, cx = np.nonzero(sub_labels == lab)
-        box = image[box_slices]
-        means = _means_in_box(box, cz, cy, cx, rows)
-        coords = np.stack([cz + lo[0], cy + lo[1], cx + lo[2]], axis=1)
-        out.append(_result(means, box[cz, cy, cx].astype(np.float64), coords, kv, kml))
+    for i in range(n):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        out.append(_result(means[a:b], values[a:b], coords[a:b], kv, kml) if b > a else _empty(kv, kml))
     return out
 
 
@@ -226,16 +263,12 @@ def _peaks_gpu(image: Any, labels: Any, n: int, offsets: np.ndarray, kv: int, km
     flat = xp.flatnonzero(labels.ravel())
     means = backend.to_numpy(_means_gpu(image, flat, offsets))
     labs = backend.to_numpy(labels.ravel()[flat]).astype(np.int64)
-    values = backend.to_numpy(image.ravel()[flat]).astype(np.float64)
-    flat_h = backend.to_numpy(flat)
+    order, bounds = label_groups(labs, n)
+    sel = order[:bounds[-1]]
+    flat_h = backend.to_numpy(flat)[sel]
+    values = backend.to_numpy(image.ravel()[flat]).astype(np.float64)[sel]
     coords = np.stack(np.unravel_index(flat_h, tuple(int(v) for v in image.shape)), axis=1)
-    order = np.argsort(labs, kind="stable")  # keeps C order inside each label
-    bounds = np.searchsorted(labs[order], np.arange(1, n + 2))
-    out: list[PeakResult] = []
-    for i in range(n):
-        sel = order[bounds[i]:bounds[i + 1]]
-        out.append(_result(means[sel], values[sel], coords[sel], kv, kml) if sel.size else _empty(kv, kml))
-    return out
+    return _per_label(means[sel], values, coords, bounds, n, kv, kml)
 
 
 def _check_inputs(image: Any, other: Any, other_name: str, spacing: Any, radius_mm: Any):
@@ -249,7 +282,8 @@ def _check_inputs(image: Any, other: Any, other_name: str, spacing: Any, radius_
 
 
 def lesion_peaks(image: Any, labels: Any, n: int, *, spacing: Sequence[float],
-                 radius_mm: float = DEFAULT_RADIUS_MM) -> list[PeakResult]:
+                 radius_mm: float = DEFAULT_RADIUS_MM,
+                 voxels: tuple[np.ndarray, np.ndarray] | None = None) -> list[PeakResult]:
     """Global and local peak of every labelled lesion.
 
     Parameters
@@ -263,6 +297,9 @@ def lesion_peaks(image: Any, labels: Any, n: int, *, spacing: Sequence[float],
     spacing : (sz, sy, sx) mm
     radius_mm : float, mm
         Sphere radius (default 6.2035 mm, a 1 mL sphere).
+    voxels : (indices, labels), optional
+        :func:`~petcohort.engine.kernels.label.lesion_voxels` of ``labels`` when the
+        caller has it already (CPU path; the GPU path finds the voxels on the device).
 
     Returns
     -------
@@ -277,11 +314,12 @@ def lesion_peaks(image: Any, labels: Any, n: int, *, spacing: Sequence[float],
     spacing = _check_inputs(image, labels, "labels", spacing, radius_mm)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise InputError("BAD_VALUE", f"n must be a non-negative integer label count, got {n!r}")
-    return lesion_peaks_unchecked(image, labels, int(n), spacing=spacing, radius_mm=radius_mm)
+    return lesion_peaks_unchecked(image, labels, int(n), spacing=spacing, radius_mm=radius_mm, voxels=voxels)
 
 
 def lesion_peaks_unchecked(image: Any, labels: Any, n: int, *, spacing: tuple[float, float, float],
-                           radius_mm: float = DEFAULT_RADIUS_MM) -> list[PeakResult]:
+                           radius_mm: float = DEFAULT_RADIUS_MM,
+                           voxels: tuple[np.ndarray, np.ndarray] | None = None) -> list[PeakResult]:
     """:func:`lesion_peaks` without the boundary checks (callers that validated already)."""
     offsets = sphere_offsets(spacing, radius_mm)
     kv, kml = int(offsets.shape[0]), offsets.shape[0] * math.prod(spacing) / 1000.0
@@ -289,7 +327,7 @@ def lesion_peaks_unchecked(image: Any, labels: Any, n: int, *, spacing: tuple[fl
         return []
     if backend.is_cupy(image) or backend.is_cupy(labels):
         return _peaks_gpu(image, labels, int(n), offsets, kv, kml)
-    return _peaks_cpu(np.asarray(image), np.asarray(labels), int(n), offsets, kv, kml)
+    return _peaks_cpu(np.asarray(image), np.asarray(labels), int(n), offsets, kv, kml, voxels)
 
 
 def peak(image: Any, mask: Any, *, spacing: Sequence[float], radius_mm: float = DEFAULT_RADIUS_MM) -> PeakResult:

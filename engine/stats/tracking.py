@@ -61,6 +61,7 @@ import numpy as np
 from petcohort.engine import backend
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import check_fraction, check_positive, check_same_grid, check_spacing
+from petcohort.engine.kernels.label import lesion_voxels
 
 __all__ = ["Match", "match_lesions", "match_centroids", "centroids_mm", "lesion_voxels", "summarise",
            "STATUSES",
@@ -82,19 +83,6 @@ class Match:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def lesion_voxels(labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Flat C-order indices of the non-zero voxels of ``labels`` and their labels.
-
-    Lesions fill a small fraction of a whole-body volume, so every per-label
-    reduction below runs on these voxels only. They keep the C order of the
-    volume, so a ``bincount`` over them accumulates each label's values in the
-    same order (same float64 rounding) as one over the whole volume.
-    """
-    flat = backend.to_numpy(labels).reshape(-1)
-    idx = np.flatnonzero(flat)
-    return idx, flat[idx]
 
 
 def _centroids(idx: np.ndarray, values: np.ndarray, shape: tuple[int, ...], n: int) -> np.ndarray:

@@ -171,3 +171,30 @@ def test_gpu_host_reduction_with_emulated_kernel(monkeypatch):
             assert g.global_peak == pytest.approx(c.global_peak, rel=1e-9)
             assert g.local_peak == pytest.approx(c.local_peak, rel=1e-9)
             assert g.peak_voxel == c.peak_voxel and g.hottest_voxel == c.hottest_voxel
+
+
+def test_lesions_evaluated_together_equal_each_alone_bitwise():
+    """Issue 12: all lesions' peaks come from one pass; each equals the lesion evaluated on its own, to the bit.
+
+    Row prefix sums start at each lesion's own box, so neighbouring lesions sharing image rows (and an empty
+    label, and labels above ``n``) change nothing; the ``voxels`` shortcut gives the same results.
+    """
+    from petcohort.engine.kernels.label import lesion_voxels
+
+    rng = np.random.default_rng(11)
+    for case in range(40):
+        shape = tuple(int(v) for v in rng.integers(4, 30, 3))
+        image = (rng.gamma(2.0, 1.5, shape) * rng.choice([1e-6, 1.0, 1e4])).astype(np.float32)
+        image[rng.random(shape) < 0.2] = 0.0
+        labels, n = label(rng.random(shape) < rng.choice([0.02, 0.1, 0.4]), connectivity=6)
+        if n > 2:
+            labels[labels == 2] = 0                             # an empty label inside 1..n
+        spacing = tuple(float(v) for v in rng.choice([1.0, 2.0, 3.27, 4.0], 3))
+        radius = float(rng.choice([2.5, DEFAULT_RADIUS_MM, 9.0]))
+        together = lesion_peaks(image, labels, n, spacing=spacing, radius_mm=radius)
+        assert together == lesion_peaks(image, labels, n, spacing=spacing, radius_mm=radius,
+                                        voxels=lesion_voxels(labels))
+        assert lesion_peaks(image, labels, max(n - 1, 0), spacing=spacing, radius_mm=radius) == together[:n - 1]
+        for i in range(1, n + 1):
+            alone = lesion_peaks(image, (labels == i).astype(np.int32), 1, spacing=spacing, radius_mm=radius)[0]
+            assert alone == together[i - 1], (case, i)
