@@ -203,13 +203,16 @@ def _seeded(ants, seed: int) -> Iterator[None]:
 
 
 def _to_ants(ants, array: np.ndarray, geom: Geometry):
-    img = np.ascontiguousarray(np.asarray(array, np.float32).transpose(2, 1, 0))
-    return ants.from_numpy(img, origin=list(geom.origin[::-1]), spacing=list(geom.spacing[::-1]),
-                           direction=np.eye(3))
+    # ants.from_numpy copies ``data.T`` in C order: handing it the transposed view of a (Z, Y, X)
+    # array makes that one plain copy of the array (ITK's x-fastest buffer is the same memory
+    # order), instead of a strided transposed copy first and a second one inside
+    return ants.from_numpy(np.asarray(array, np.float32).T, origin=list(geom.origin[::-1]),
+                           spacing=list(geom.spacing[::-1]), direction=np.eye(3))
 
 
 def _from_ants(image) -> np.ndarray:
-    return np.ascontiguousarray(image.numpy().transpose(2, 1, 0))
+    # view() is ITK's buffer seen as (x, y, z); its transpose is the (Z, Y, X) C-order array: one copy
+    return np.array(image.view().T, copy=True, order="C")
 
 
 def _check_image(name: str, array: np.ndarray) -> np.ndarray:
@@ -470,12 +473,11 @@ def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.n
     sched = _resolve_schedule(fixed_pet.shape, schedule, iterations, shrink_factors, smoothing_sigmas,
                               sampling_rate)
     ants = _ants()
-    fixed_img = _to_ants(ants, fixed_pet, fixed_geom)
     if sched.block > 1:
         fixed_reg = _to_ants(ants, *_block_mean(fixed_pet, fixed_geom, sched.block))
         moving_reg = _to_ants(ants, *_block_mean(moving_pet, moving_geom, sched.block))
     else:
-        fixed_reg, moving_reg = fixed_img, _to_ants(ants, moving_pet, moving_geom)
+        fixed_reg, moving_reg = _to_ants(ants, fixed_pet, fixed_geom), _to_ants(ants, moving_pet, moving_geom)
     tmp = tempfile.mkdtemp(prefix="petcohort-reg-")
     try:
         with _seeded(ants, seed):
@@ -493,10 +495,13 @@ def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.n
         tx = ants.read_transform(tx_files[0])
         transform = RigidTransform(tuple(float(p) for p in tx.parameters),
                                    tuple(float(p) for p in tx.fixed_parameters))  # type: ignore[arg-type]
+        fixed_img = fixed_reg if sched.block == 1 else _to_ants(ants, fixed_pet, fixed_geom)  # the output grid
+        del reg["warpedfixout"], moving_reg
         if sched.block > 1:  # ANTs warped the block-averaged PET: warp the full-resolution one
-            pet = _apply(ants, tx_files[0], moving_pet, moving_geom, fixed_img, "linear").astype(np.float32)
+            pet = np.asarray(_apply(ants, tx_files[0], moving_pet, moving_geom, fixed_img, "linear"), np.float32)
         else:
-            pet = _from_ants(reg["warpedmovout"]).astype(np.float32)
+            pet = np.asarray(_from_ants(reg["warpedmovout"]), np.float32)
+        del reg
         mask = None
         if moving_mask is not None:
             mask = (_apply(ants, tx_files[0], moving_mask, moving_geom, fixed_img, "genericLabel") > 0.5
