@@ -26,8 +26,11 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
+import sys
+import textwrap
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
@@ -218,6 +221,30 @@ def model_files(folder: str | os.PathLike, folds: tuple[int, ...] | None, *, fol
     return {n: _file_sha(root / n) for n in names}
 
 
+def _outside_source(module: str, fn: Any) -> str | None:
+    """Source of a stage module outside petcohort: its file, else the stage function's own source.
+
+    A stage registered by a script run as ``python script.py`` lives in
+    ``__main__``, which has a file but no import spec (``find_spec`` raises
+    ValueError); one defined in a notebook has neither, and is fingerprinted by
+    its function's source. None when no source can be found (the fingerprint
+    then holds the libraries and models only).
+    """
+    path = getattr(sys.modules.get(module), "__file__", None)
+    if path is None:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        path = spec.origin if spec is not None else None
+    if path and str(path).endswith(".py") and Path(path).is_file():
+        return Path(path).read_text(encoding="utf-8")
+    try:
+        return textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        return None
+
+
 def stage_code(stage: "Stage", config: "RunConfig", index: CodeIndex) -> dict[str, Any]:
     """The code fingerprint of ``stage`` under ``config`` (what its records hold as ``code``).
 
@@ -233,9 +260,9 @@ def stage_code(stage: "Stage", config: "RunConfig", index: CodeIndex) -> dict[st
 
     module = stage.module or stage.fn.__module__
     if module not in index.sources:
-        spec = importlib.util.find_spec(module)
-        if spec is not None and spec.origin and spec.origin.endswith(".py"):
-            index = index.with_source(module, Path(spec.origin).read_text(encoding="utf-8"))
+        source = _outside_source(module, stage.fn)
+        if source is not None:
+            index = index.with_source(module, source)
     modules, libs = index.closure(module) if module in index.sources else ([], [])
     code: dict[str, Any] = {"modules": {m: index.digest(m) for m in modules},
                             "libraries": {lib: library_version(lib) for lib in libs}}

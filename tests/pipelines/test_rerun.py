@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 
 import pytest
 import yaml
@@ -23,7 +24,7 @@ from petcohort.pipelines.config import RunConfig, load_config, to_yaml
 from petcohort.pipelines.fingerprint import CodeIndex, model_files, stage_code
 from petcohort.pipelines.run import plan_run, stale_study_stages
 from petcohort.pipelines.run_task import execute_study_stage
-from petcohort.pipelines.stages import MODEL_STAGES, STAGES, StageOutput, load_stages, stage_order
+from petcohort.pipelines.stages import MODEL_STAGES, STAGES, Stage, StageOutput, load_stages, stage_order
 
 SULPEAK = "petcohort.engine.kernels.sulpeak"
 
@@ -165,6 +166,42 @@ def test_model_stage_fingerprint_hashes_the_checkpoints(tmp_path):
     assert {"torch", "nnunetv2"} <= set(code["libraries"])
     assert str(tmp_path) not in json.dumps(code)  # relative names only
 
+
+
+def test_stage_defined_in_a_script_or_a_notebook_is_fingerprinted(tmp_path, monkeypatch):
+    """A stage registered by ``python script.py`` (module ``__main__``, no import spec) or in a notebook (no file)."""
+    import subprocess
+    import sys
+    import types
+
+    script = tmp_path / "my_stage.py"
+    script.write_text(textwrap.dedent("""
+        import json
+        import scipy.ndimage
+        from petcohort.pipelines.config import RunConfig
+        from petcohort.pipelines.fingerprint import CodeIndex, stage_code
+        from petcohort.pipelines.stages import STAGES, StageOutput, register_stage
+
+        @register_stage("my_script_stage")
+        def my_script_stage(ctx):
+            return StageOutput(summary={})
+
+        code = stage_code(STAGES["my_script_stage"], RunConfig(), CodeIndex.from_package())
+        print(json.dumps(code))
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True)
+    code = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "__main__" in code["modules"] and "scipy" in code["libraries"]
+
+    notebook = types.ModuleType("notebook_cell")           # no __file__, no spec: the function's source
+    monkeypatch.setitem(sys.modules, "notebook_cell", notebook)
+
+    def cell_stage(ctx):
+        return StageOutput(summary={})
+
+    cell_stage.__module__ = "notebook_cell"
+    code = stage_code(Stage("cell", cell_stage), RunConfig(), CodeIndex.from_package())
+    assert "notebook_cell" in code["modules"] and len(code["digest"]) == 16
 
 # -- configuration ---------------------------------------------------------------------------
 @pytest.mark.parametrize("text, key", [
