@@ -189,12 +189,13 @@ def _timed(fn) -> tuple[Any, float, float]:
 def registration(url: str, n_pairs: int) -> None:
     """Section 4 (module docstring)."""
     from petcohort.engine.segment import registration as reg
+    from petcohort.engine.segment.rigid import Geometry, transform_difference
 
     ants = reg._ants()  # sets one ITK thread before ants is first imported, for both calls
     store = CohortStore.open(url, mode="r")
     rows = []
     for fu, bl in _pairs(url, n_pairs):
-        fg, bg = reg.Geometry.from_attrs(store.study_attrs(fu)), reg.Geometry.from_attrs(store.study_attrs(bl))
+        fg, bg = Geometry.from_attrs(store.study_attrs(fu)), Geometry.from_attrs(store.study_attrs(bl))
         fixed, moving = store.read_array(fu, "pet"), store.read_array(bl, "pet")
         mask = store.read_array(bl, "seg/manual") if store.has_array(bl, "seg/manual") else None
         new, t_new, c_new = _timed(lambda: reg.register_rigid(fixed, fg, moving, bg, moving_mask=mask, seed=42))
@@ -206,7 +207,7 @@ def registration(url: str, n_pairs: int) -> None:
                                      type_of_transform="Rigid")
 
         _, t_stock, c_stock = _timed(stock)
-        d_mm, d_deg = reg.transform_difference(new.transform, old.transform)
+        d_mm, d_deg = transform_difference(new.transform, old.transform)
         rows.append({"wall_s": t_new, "cpu_s": c_new, "full_schedule_wall_s": t_old, "full_schedule_cpu_s": c_old,
                      "stock_rigid_wall_s": t_stock, "stock_rigid_cpu_s": c_stock, "vs_full_schedule_mm": d_mm,
                      "vs_full_schedule_deg": d_deg, "corr_after": new.corr_after,

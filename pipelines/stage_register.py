@@ -19,7 +19,8 @@ from __future__ import annotations
 
 
 from petcohort.engine.errors import StageError
-from petcohort.engine.segment.registration import Geometry, register_rigid
+from petcohort.engine.segment.registration import register_rigid
+from petcohort.engine.segment.rigid import Geometry
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
 
 __all__ = ["SCHEDULE", "register_stage_fn"]

@@ -49,11 +49,8 @@ import numpy as np
 from petcohort.engine.errors import ConfigError, SegmentationError, StageError
 from petcohort.engine.segment import nnunet
 from petcohort.engine.segment.nnunet_model import CHANNEL_SYNONYMS, ROLES, ModelBinding, channel_key
-from petcohort.engine.segment.registration import (
-    Geometry,
-    RigidTransform,
-    apply_transform,
-)
+from petcohort.engine.segment.registration import apply_transform
+from petcohort.engine.segment.rigid import Geometry, RigidTransform
 from petcohort.pipelines.config import RunConfig
 from petcohort.pipelines.stages import MODEL_STAGES, StageContext, StageOutput, register_stage
 from petcohort.storage.nnunet_export import clipped_pet

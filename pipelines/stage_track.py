@@ -95,7 +95,8 @@ def _registration(ctx: StageContext) -> dict[str, Any] | None:
 
 def _apply_registration(transform: dict[str, Any], bl_labels: np.ndarray, battrs: dict[str, Any],
                         fu_shape: tuple[int, ...], fattrs: dict[str, Any]) -> np.ndarray:
-    from petcohort.engine.segment.registration import Geometry, RigidTransform, apply_transform  # noqa: PLC0415
+    from petcohort.engine.segment.registration import apply_transform  # noqa: PLC0415
+    from petcohort.engine.segment.rigid import Geometry, RigidTransform  # noqa: PLC0415
 
     return apply_transform(RigidTransform.from_dict(transform), bl_labels, moving_geom=Geometry.from_attrs(battrs),
                            fixed_shape=fu_shape, fixed_geom=Geometry.from_attrs(fattrs), label=True,

@@ -10,16 +10,8 @@ import pytest
 pytest.importorskip("ants", reason="antspyx is not installed: run scripts/install_seg.sh .venv")
 
 from petcohort.engine.errors import InputError, SegmentationError
-from petcohort.engine.segment.registration import (
-    Geometry,
-    RigidTransform,
-    apply_transform,
-    default_pyramid,
-    default_schedule,
-    normalised_correlation,
-    register_rigid,
-    transform_difference,
-)
+from petcohort.engine.segment.registration import apply_transform, default_pyramid, default_schedule, register_rigid
+from petcohort.engine.segment.rigid import Geometry, RigidTransform, normalised_correlation, transform_difference
 
 SHAPE = (28, 36, 36)
 SPACING = (4.0, 3.0, 3.0)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from petcohort.engine.kernels.resample import inside_mask, resample_affine
-from petcohort.engine.segment.registration import Geometry, RigidTransform, _ants, _from_ants, _to_ants, index_affine
+from petcohort.engine.segment.registration import _ants, _from_ants, _to_ants
+from petcohort.engine.segment.rigid import Geometry, RigidTransform, index_affine
 
 
 def _rotation(deg_xyz):
