@@ -1,5 +1,7 @@
 """petcohort.engine.stats: cohort statistics on arrays, pandas and xarray.
 
-Importing the package registers the ``ds.cohort`` xarray accessor.
+The ``ds.cohort`` xarray accessor is registered by importing
+:mod:`petcohort.engine.stats.accessor` (``pipelines/tables.py`` does). The
+package itself imports nothing: a worker that runs tracking or PERCIST does not
+pay for pandas, xarray and scipy.stats (about 1 s per process).
 """
-from petcohort.engine.stats import accessor as _accessor  # noqa: F401 - registers ds.cohort

@@ -19,7 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from petcohort.engine.errors import StatsError
-from petcohort.engine.stats.response import delta_percent, responder_label
+from petcohort.engine.stats.delta import delta_percent, responder_label
 
 __all__ = ["CohortAccessor"]
 

@@ -63,7 +63,7 @@ from petcohort.engine.kernels.lesions import lesion_organs
 from petcohort.engine.kernels.reference import Reference, liver_reference
 from petcohort.engine.kernels.sulpeak import PeakResult, lesion_peaks
 from petcohort.engine.segment.threshold import PERCIST_LEVEL_FACTORS
-from petcohort.engine.stats.response import delta_percent
+from petcohort.engine.stats.delta import delta_percent
 from petcohort.engine.stats.tracking import lesion_voxels
 
 __all__ = ["LesionAssessment", "ScanAssessment", "PercistCall", "make_assessment", "assess_scan",
