@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from petcohort.engine.errors import StageError
+from petcohort.engine.kernels.label import lesion_voxels
 from petcohort.engine.stats.tracking import (centroids_mm, lesion_truth_ids, match_centroids, match_lesions,
                                              summarise, tracking_accuracy)
 from petcohort.pipelines.lesion_labels import study_lesion_labels
@@ -161,16 +162,17 @@ def track_stage(ctx: StageContext) -> StageOutput:
         bl = study_lesion_labels(ctx.store, base, bsrc, connectivity=conn)
         (fu_lab, nfu), (bl_lab, nbl) = (fu.labels, fu.n), (bl.labels, bl.n)
         del fu, bl
+        fu_vox = lesion_voxels(fu_lab)   # shared by the matching and the accuracy
         if resample is not None:
             bl_reg = resample(bl_lab, nbl, fu_lab.shape)
             matches = match_lesions(bl_reg, nbl, fu_lab, nfu, spacing=ctx.spacing,
                                     max_distance_mm=ctx.config.tracking.max_distance_mm,
-                                    overlap_min=ctx.config.tracking.overlap_min)
+                                    overlap_min=ctx.config.tracking.overlap_min, fu_voxels=fu_vox)
             method = "registered"
         elif _same_grid(ctx.attrs, battrs, fu_lab.shape, bl_lab.shape):
             matches = match_lesions(bl_lab, nbl, fu_lab, nfu, spacing=ctx.spacing,
                                     max_distance_mm=ctx.config.tracking.max_distance_mm,
-                                    overlap_min=ctx.config.tracking.overlap_min)
+                                    overlap_min=ctx.config.tracking.overlap_min, fu_voxels=fu_vox)
             method = "overlap"
         else:
             bl_c = centroids_mm(bl_lab, nbl, spacing=battrs["spacing"], origin=battrs.get("origin") or (0, 0, 0))
@@ -181,7 +183,7 @@ def track_stage(ctx: StageContext) -> StageOutput:
                         **summarise(matches)}
         if truth is not None:  # each lesion's truth id on its own scan (no resampling of either side)
             sources[src]["accuracy"] = tracking_accuracy(matches, lesion_truth_ids(bl_lab, nbl, truth[0]),
-                                                         lesion_truth_ids(fu_lab, nfu, truth[1])).to_dict()
+                                                         lesion_truth_ids(fu_lab, nfu, truth[1], fu_vox)).to_dict()
     summary: dict[str, Any] = {"sources": sources, "skipped": skipped}
     if truth is None:
         summary["accuracy_reason"] = "NO_TRUTH_IDS"

@@ -195,7 +195,8 @@ def match_centroids(bl_centroids_mm: Any, fu_centroids_mm: Any, *, max_distance_
 
 
 def match_lesions(bl_labels: Any, nbl: int, fu_labels: Any, nfu: int, *, spacing: Sequence[float],
-                  max_distance_mm: float = 20.0, overlap_min: float = 0.1) -> list[Match]:
+                  max_distance_mm: float = 20.0, overlap_min: float = 0.1,
+                  fu_voxels: tuple[np.ndarray, np.ndarray] | None = None) -> list[Match]:
     """Match baseline to follow-up lesions on one voxel grid (module docstring).
 
     Parameters
@@ -209,6 +210,8 @@ def match_lesions(bl_labels: Any, nbl: int, fu_labels: Any, nfu: int, *, spacing
         Largest centroid distance for the distance pass.
     overlap_min : float in (0, 1]
         Smallest overlap coefficient ``|A n B| / min(|A|, |B|)`` counted as overlap.
+    fu_voxels : (indices, labels), optional
+        :func:`lesion_voxels` of ``fu_labels`` when the caller has it already.
 
     Returns
     -------
@@ -222,7 +225,7 @@ def match_lesions(bl_labels: Any, nbl: int, fu_labels: Any, nfu: int, *, spacing
     fu = backend.to_numpy(fu_labels)
     check_same_grid(bl, fu, names=("bl_labels", "fu_labels"))
     # lesion voxels only (C order): the sizes, centroids and overlaps below equal whole-volume ones exactly
-    (bl_idx, bl_v), (fu_idx, fu_v) = lesion_voxels(bl), lesion_voxels(fu)
+    (bl_idx, bl_v), (fu_idx, fu_v) = lesion_voxels(bl), lesion_voxels(fu) if fu_voxels is None else fu_voxels
     for name, v, n in (("bl_labels", bl_v, nbl), ("fu_labels", fu_v, nfu)):
         top = int(v.max()) if v.size else 0  # the volume's max whenever it exceeds n >= 0
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 or top > n:
@@ -288,7 +291,8 @@ ACCURACY_COUNTS = ("n_predicted", "n_correct", "n_true_persisting", "n_recovered
 _PAIRED_STATUSES = ("persisting", "split", "merged")
 
 
-def lesion_truth_ids(labels: Any, n: int, truth_ids: Any) -> np.ndarray:
+def lesion_truth_ids(labels: Any, n: int, truth_ids: Any,
+                     voxels: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The truth id of largest overlap of each lesion 1..n (ties: lowest id; 0 = none).
 
     Parameters
@@ -299,6 +303,8 @@ def lesion_truth_ids(labels: Any, n: int, truth_ids: Any) -> np.ndarray:
         Label count.
     truth_ids : (Z, Y, X) ndarray of int, same grid
         Known lesion identities (0 = no lesion).
+    voxels : (indices, labels), optional
+        :func:`lesion_voxels` of ``labels`` when the caller has it already.
 
     Returns
     -------
@@ -307,9 +313,10 @@ def lesion_truth_ids(labels: Any, n: int, truth_ids: Any) -> np.ndarray:
     lab = backend.to_numpy(labels)
     truth = backend.to_numpy(truth_ids)
     check_same_grid(lab, truth, names=("labels", "truth_ids"))
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 or (lab.size and lab.max() > n):
+    idx, values = lesion_voxels(lab) if voxels is None else voxels  # the (label, truth) pairs are counted
+    top = int(values.max()) if values.size else 0      # the volume's max whenever it exceeds n >= 0
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 or top > n:
         raise InputError("BAD_VALUE", f"labels must hold 0..n with n >= 0 the label count; got n={n!r}")
-    idx, values = lesion_voxels(lab)  # lesion voxels only: the (label, truth) pairs are counted, order-free
     hit = values > 0
     ids = truth.reshape(-1)[idx[hit]]
     both = ids > 0
