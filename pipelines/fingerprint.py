@@ -49,7 +49,7 @@ LIBRARIES = {"numpy": "numpy", "scipy": "scipy", "cc3d": "connected-components-3
              "ants": "antspyx", "torch": "torch", "nnunetv2": "nnunetv2"}
 #: petcohort modules that never enter a fingerprint (module docstring).
 NOT_COMPUTATION = frozenset({"petcohort.pipelines.stages", "petcohort.pipelines.config",
-                             "petcohort.engine.errors"})
+                             "petcohort.pipelines.config_checks", "petcohort.engine.errors"})
 #: The installed petcohort packages (pyproject.toml ``package-dir``).
 SUBPACKAGES = ("petcohort.engine", "petcohort.storage", "petcohort.pipelines")
 _ROOT = "petcohort"

@@ -122,7 +122,8 @@ def test_kernel_edit_redoes_exactly_the_stages_importing_it(store, registry, nam
 
 
 @pytest.mark.parametrize("module", ["petcohort.pipelines.report", "petcohort.pipelines.tables",
-                                    "petcohort.pipelines.config", "petcohort.engine.errors"])
+                                    "petcohort.pipelines.config", "petcohort.pipelines.config_checks",
+                                    "petcohort.engine.errors"])
 def test_report_tables_and_config_edits_redo_nothing(store, registry, names, index, module):
     edited = index.with_source(module, index.sources[module] + "\n# edited\n")
     assert plan_run(store, registry, names, config=RunConfig(), force=False, token="t", code=edited).why == {}
