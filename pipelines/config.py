@@ -54,7 +54,6 @@ _TRACKING = "petcohort.engine.stats.tracking"
 _REGISTRATION = "petcohort.engine.segment.registration"
 _EXPORT = "petcohort.storage.nnunet_export"
 _SUV = "petcohort.storage.suv_header"
-_MODEL = "petcohort.engine.segment.nnunet_model"
 
 
 @dataclass(frozen=True)

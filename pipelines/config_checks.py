@@ -16,11 +16,14 @@ import re
 from dataclasses import field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 from petcohort.engine.errors import ConfigError
 
 Check = Callable[[str, Any], Any]
+
+#: the nnU-Net model module (owner of the channel roles a channel map may name).
+_MODEL = "petcohort.engine.segment.nnunet_model"
 
 
 # -- defaults: read from the kernels that own them --------------------------------------------
