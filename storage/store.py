@@ -373,15 +373,27 @@ class CohortStore:
         zarr_group(self._backend, _commit.study_prefix(key), mode="r+").attrs.update(dict(attrs))
 
     def array_names(self, key: str) -> list[str]:
-        """Names of the study's arrays, sorted (``["ct", "organs/bone", "pet", "seg/manual"]``)."""
+        """Names of the study's arrays, sorted (``["ct", "organs/bone", "pet", "seg/manual"]``).
+
+        Walks the study's folders level by level and stops at each array: the
+        chunk files inside arrays (most of a study's keys) are never listed.
+        """
         self._study(key)
         base = f"{_commit.study_prefix(key)}/"
-        metas = [k for k in self._backend.list_prefix(base) if k.endswith("/zarr.json") and k != f"{base}zarr.json"]
-        found = self._backend.get_many(metas)
-        names = []
-        for k, raw in found.items():
-            if json.loads(raw).get("node_type") == "array":
-                names.append(k[len(base):-len("/zarr.json")])
+        names: list[str] = []
+        level = [base + child + "/" for child in self._backend.list_dir(base.rstrip("/")) if child != "zarr.json"]
+        while level:
+            metas = self._backend.get_many([f"{p}zarr.json" for p in level])
+            deeper = []
+            for p in level:
+                raw = metas.get(f"{p}zarr.json")
+                if raw is not None and json.loads(raw).get("node_type") == "array":
+                    names.append(p[len(base):-1])
+                    continue
+                # a group (or a folder without metadata): look inside
+                deeper.extend(p + child + "/" for child in self._backend.list_dir(p.rstrip("/"))
+                              if child != "zarr.json")
+            level = deeper
         return sorted(names)
 
     def has_array(self, key: str, name: str) -> bool:
