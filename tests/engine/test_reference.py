@@ -155,3 +155,35 @@ def test_blood_pool_prefers_the_posterior_descending_aorta():
     ref = blood_pool_reference(_noisy(shape, 3), aorta, spacing=spacing)
     assert ref.centre_zyx[1:] == (22, 9)
     assert ref.source == "blood_pool"
+
+
+@pytest.mark.parametrize("spacing, reach", [((4.0, 4.0, 4.0), 25.0), ((5.0, 5.0, 5.0), 25.0),
+                                            ((3.27, 2.734, 2.734), 22.5), ((2.0, 4.07, 4.07), 15.0)])
+def test_lesion_clearance_is_the_distance_transforms_verdict(spacing, reach):
+    """Issue 12: the k-d tree clearance of the liver sphere equals ``distance_transform_edt(...) > reach``.
+
+    Includes exact ties: on a 5 mm grid a lesion 3, 4, 0 voxels away is exactly 25 mm away (not clear).
+    """
+    import scipy.ndimage as ndi
+
+    from petcohort.engine.kernels.reference import _clear_of_lesions
+
+    rng = np.random.default_rng(int(sum(spacing) * 100))
+    shape = (40, 36, 44)
+    crop = (slice(8, 30), slice(6, 28), slice(10, 36))
+    for case in range(12):
+        lesions = np.zeros(shape, np.uint8)
+        lesions[rng.random(shape) < rng.choice([0.0005, 0.003, 0.02])] = 1
+        if case == 0:
+            lesions[:] = 0
+            lesions[19, 20, 20] = 1                              # one voxel: ties at every integer radius
+        cand = np.argwhere(rng.random(tuple(s.stop - s.start for s in crop)) < 0.5)
+        got = _clear_of_lesions(lesions, crop, cand, reach, spacing)
+        region = lesions != 0
+        if not region[tuple(slice(max(0, c.start - int(np.ceil(reach / s)) - 1), c.stop + int(np.ceil(reach / s)) + 1)
+                            for c, s in zip(crop, spacing))].any():
+            assert got is None
+            continue
+        dist = ndi.distance_transform_edt(~region, sampling=spacing)[crop]
+        want = dist[tuple(cand.T)] > reach
+        np.testing.assert_array_equal(got, want, err_msg=f"case {case}")
