@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Iterable, Mapping
 from petcohort.engine.errors import ConfigError
 from petcohort.pipelines.config_checks import (
     _boolean, _channel_map, _choice, _connectivity, _folds, _fraction, _label_name, _non_negative, _pair_check,
-    _path, _plain, _positive, _Section, _seed, _sources, _spec)
+    _path, _plain, _positive, _Section, _seed, _sources, _spec, path_identity)
 
 __all__ = ["RunConfig", "QuantifyConfig", "EvaluateConfig", "ThresholdConfig", "PercistConfig", "SuvConfig",
            "SegmentConfig", "RegistrationConfig", "TrackingConfig", "AnalysisConfig", "SECTIONS", "ParamKeys",
@@ -319,14 +319,20 @@ class RunConfig:
         return _plain(getattr(sec, name)) if name else sec.to_dict()
 
     def params_for(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Flat ``{"section.key": value}`` of the dotted keys (or whole sections) in ``keys``, sorted."""
+        """Flat ``{"section.key": value}`` of the dotted keys (or whole sections) in ``keys``, sorted.
+
+        Paths are recorded by :func:`~petcohort.pipelines.config_checks.path_identity`
+        (model folder names, a file's name and content hash), never as paths.
+        """
         out: dict[str, Any] = {}
         for key in keys:
             key = normalize_key(key)
             section, _, name = key.partition(".")
             names = [name] if name else _known_keys(section)
             for n in names:
-                out[f"{section}.{n}"] = _plain(getattr(getattr(self, section), n))
+                sec = getattr(self, section)
+                check = next(f.metadata["check"] for f in dataclasses.fields(sec) if f.name == n)
+                out[f"{section}.{n}"] = _plain(path_identity(check, getattr(sec, n)))
         return dict(sorted(out.items()))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

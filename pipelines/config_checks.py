@@ -118,7 +118,29 @@ def _path(kind: str) -> Check:
             raise ConfigError("BAD_VALUE", f"{where}: {kind} {str(value)!r} does not exist")
         return str(p.resolve())
 
+    check.path_kind = kind  # type: ignore[attr-defined] - read by path_identity
     return check
+
+
+def path_identity(check: Check, value: Any) -> Any:
+    """What a record keeps of a path-valued setting: never the path itself.
+
+    A folder (an nnU-Net model, ``.../<Dataset>/<Trainer>__<Plans>__<config>``) is
+    named by its last two components (its files are hashed in the stage's code
+    fingerprint); a file (``fold_map``) by its name and the SHA-256 of its
+    content. So records do not depend on where a store's models sit (a store
+    moved from a laptop to a cluster is not redone) and hold no user folder
+    name. Values of other settings are returned unchanged.
+    """
+    kind = getattr(check, "path_kind", None)
+    if value is None or kind is None:
+        return value
+    path = Path(value)
+    if kind == "folder":
+        return "/".join(path.parts[-2:])
+    import hashlib  # noqa: PLC0415
+
+    return f"{path.name} sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
 
 
 def _channel_map(where: str, value: Any) -> dict[str, str] | None:

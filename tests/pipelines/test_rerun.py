@@ -295,3 +295,30 @@ def test_manifest_why_cli_and_provenance_table(store, names, index):
     row = prov[(prov.study == "P-0000000000-T0") & (prov.stage == "quantify")].iloc[0]
     assert json.loads(row["params"])["quantify.radius_mm"] == 6.2035 and row["run"] == "tok0"
     assert "quantify" in json.loads(tables.dataset.attrs["stage_params"])
+
+
+def test_params_name_model_folders_not_paths(tmp_path):
+    """A record holds a model folder's last two names and a fold map's content hash, never a path.
+
+    A store planned on another machine (models elsewhere) is not redone, and no user folder name is recorded;
+    a changed fold map changes the params.
+    """
+    load_stages()
+    keys = ("segment.model_bl", "segment.fold_map")
+    got = []
+    for where in ("alice", "cluster/jobs"):
+        folder = tmp_path / where / "Dataset501_X" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+        folder.mkdir(parents=True)
+        fold_map = tmp_path / where / "folds.json"
+        fold_map.write_text('{"P-1": 0}')
+        params = RunConfig(segment={"model_bl": str(folder), "fold_map": str(fold_map)}).params_for(keys)
+        assert str(tmp_path) not in json.dumps(params) and "alice" not in json.dumps(params)
+        got.append(params)
+    assert got[0] == got[1]
+    assert got[0]["segment.model_bl"] == "Dataset501_X/nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (tmp_path / "alice" / "folds.json").write_text('{"P-1": 1}')
+    changed = RunConfig(segment={"model_bl": str(tmp_path / "alice" / "Dataset501_X" /
+                                                  "nnUNetTrainer__nnUNetPlans__3d_fullres"),
+                                 "fold_map": str(tmp_path / "alice" / "folds.json")}).params_for(keys)
+    assert changed["segment.fold_map"] != got[0]["segment.fold_map"]
+    assert changed["segment.fold_map"].startswith("folds.json sha256:")
