@@ -138,9 +138,9 @@ def path_identity(check: Check, value: Any) -> Any:
     path = Path(value)
     if kind == "folder":
         return "/".join(path.parts[-2:])
-    import hashlib  # noqa: PLC0415
+    from petcohort.pipelines.fingerprint import file_sha256  # noqa: PLC0415 - the one file hash (cached)
 
-    return f"{path.name} sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+    return f"{path.name} sha256:{file_sha256(path)[:16]}"
 
 
 def _channel_map(where: str, value: Any) -> dict[str, str] | None:

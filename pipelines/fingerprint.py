@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from petcohort.pipelines.stages import Stage
 
 __all__ = ["LIBRARIES", "NOT_COMPUTATION", "SUBPACKAGES", "CodeIndex", "stage_code", "model_files",
-           "library_version", "code_changes"]
+           "library_version", "code_changes", "file_sha256"]
 
 #: import name -> distribution name of the libraries whose version enters a fingerprint.
 LIBRARIES = {"numpy": "numpy", "scipy": "scipy", "cc3d": "connected-components-3d", "SimpleITK": "SimpleITK",
@@ -189,7 +189,7 @@ def library_version(name: str) -> str | None:
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def _file_sha(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """SHA-256 of a file, cached by (path, size, mtime) within the process (checkpoints are large)."""
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
@@ -218,7 +218,7 @@ def model_files(folder: str | os.PathLike, folds: tuple[int, ...] | None, *, fol
     else:
         fold_dirs = [f"fold_{f}" for f in folds]
     names += [f"{d}/{checkpoint}" for d in fold_dirs if (root / d / checkpoint).is_file()]
-    return {n: _file_sha(root / n) for n in names}
+    return {n: file_sha256(root / n) for n in names}
 
 
 def _outside_source(module: str, fn: Any) -> str | None:

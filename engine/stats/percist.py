@@ -59,12 +59,12 @@ import numpy as np
 from petcohort.engine import backend
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import check_same_grid, check_spacing
+from petcohort.engine.kernels.label import lesion_voxels
 from petcohort.engine.kernels.lesions import lesion_organs
 from petcohort.engine.kernels.reference import Reference, liver_reference
 from petcohort.engine.kernels.sulpeak import PeakResult, lesion_peaks
 from petcohort.engine.segment.threshold import PERCIST_LEVEL_FACTORS
 from petcohort.engine.stats.delta import delta_percent
-from petcohort.engine.stats.tracking import lesion_voxels
 
 __all__ = ["LesionAssessment", "ScanAssessment", "PercistCall", "make_assessment", "assess_scan",
            "select_top", "percist_call", "avid_new_lesions", "threshold_for", "organ_of_lesions", "organ_group",
@@ -188,7 +188,7 @@ def organ_of_lesions(labels: Any, n: int, *, bone: Any = None, liver: Any = None
 
     The rule quantify uses for the lesion ``organ``
     (:func:`petcohort.engine.kernels.lesions.lesion_organs`), so both always agree.
-    ``voxels``: :func:`~petcohort.engine.stats.tracking.lesion_voxels` of ``labels``
+    ``voxels``: :func:`~petcohort.engine.kernels.label.lesion_voxels` of ``labels``
     when the caller has it already.
     """
     labels = backend.to_numpy(labels)
@@ -234,7 +234,7 @@ def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], live
         ``labels`` (radius ``radius_mm``) computed by the caller, e.g. on a GPU
         worker with the arrays on the device; default: computed here.
     voxels : (indices, labels), optional
-        :func:`~petcohort.engine.stats.tracking.lesion_voxels` of ``labels``
+        :func:`~petcohort.engine.kernels.label.lesion_voxels` of ``labels``
         when the caller has it already (e.g. from :func:`organ_of_lesions`).
 
     Returns
