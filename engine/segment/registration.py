@@ -21,6 +21,7 @@ Sources: ANTsPy ``ants.registration`` / ``ants.apply_transforms`` docs
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
+
 from petcohort.engine.errors import InputError, SegmentationError
 from petcohort.engine.kernels.resample import resample_affine
 from petcohort.engine.segment.rigid import (MAX_ROTATION_DEG, MAX_TRANSLATION_MM, Geometry, RigidTransform,
@@ -134,6 +137,54 @@ def _apply(ants, tx_file: str, moving: np.ndarray, moving_geom: Geometry, fixed_
     return _from_ants(out)
 
 
+def _fixed_image(ants, shape: Sequence[int], geom: Geometry):
+    """An empty float32 ANTs image of the follow-up grid ``shape``/``geom`` (the output grid of a warp)."""
+    return ants.from_numpy(np.zeros(tuple(int(s) for s in shape)[::-1], np.float32),
+                           origin=list(geom.origin[::-1]), spacing=list(geom.spacing[::-1]), direction=np.eye(3))
+
+
+def _label_region(transform: RigidTransform, mask: np.ndarray, moving_geom: Geometry, fixed_shape: Sequence[int],
+                  fixed_geom: Geometry) -> tuple[slice, ...] | None:
+    """The box of follow-up voxels that can take a label of ``mask`` under ``transform`` (None: no voxel can).
+
+    Interpolating at a baseline continuous index ``c`` reads the voxels ``floor(c)`` and
+    ``floor(c) + 1`` per axis, so only indices within one voxel of the mask's bounding box can
+    take a label. Their follow-up pre-image is a parallelepiped (the map is affine); its
+    bounding box, grown one voxel for rounding, holds every follow-up voxel that can.
+    """
+    spans = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if any(span.size == 0 for span in spans):
+        return None
+    corners = np.array(list(itertools.product(*[(span[0] - 1.0, span[-1] + 1.0) for span in spans])))
+    matrix, offset = index_affine(transform, moving_geom, fixed_geom)
+    fixed_idx = (corners - offset) @ np.linalg.inv(matrix).T
+    start = np.maximum(np.floor(fixed_idx.min(axis=0)).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(fixed_idx.max(axis=0)).astype(int) + 2, np.asarray(fixed_shape, int))
+    if (stop <= start).any():
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+
+
+def _warp_label(ants, tx_file: str, transform: RigidTransform, mask: np.ndarray, moving_geom: Geometry,
+                fixed_shape: Sequence[int], fixed_geom: Geometry) -> np.ndarray:
+    """``genericLabel`` warp of a binary mask onto the follow-up grid, > 0.5, uint8.
+
+    ANTs resamples only the box of :func:`_label_region` (a lesion mask is a few
+    percent of a whole-body grid; the rest of the grid is 0 by construction): on a
+    demo pair 0.19 -> 0.01 s, with the same labels as the whole-grid warp (test).
+    """
+    out = np.zeros(tuple(int(s) for s in fixed_shape), np.uint8)
+    box = _label_region(transform, mask, moving_geom, fixed_shape, fixed_geom)
+    if box is None:
+        return out
+    start = np.array([b.start for b in box], float)
+    sub_geom = Geometry(fixed_geom.spacing, tuple(np.asarray(fixed_geom.origin, float)  # type: ignore[arg-type]
+                                                  + start * np.asarray(fixed_geom.spacing, float)))
+    sub = _fixed_image(ants, [b.stop - b.start for b in box], sub_geom)
+    out[box] = _apply(ants, tx_file, mask, moving_geom, sub, "genericLabel") > 0.5
+    return out
+
+
 def _write_transform(ants, transform: RigidTransform | None, path: str) -> str:
     """Write ``transform`` (None: the identity) as an ITK transform file for ``antsApplyTransforms``."""
     kw = {} if transform is None else {"parameters": list(transform.parameters),
@@ -163,16 +214,15 @@ def apply_transform(transform: RigidTransform, moving: np.ndarray, *, moving_geo
         matrix, offset = index_affine(transform, moving_geom, fixed_geom)
         return resample_affine(np.asarray(moving, np.int32), matrix, offset, fixed_shape, order=0, dtype=np.int32)
     ants = _ants()
-    fixed_img = ants.from_numpy(np.zeros(tuple(int(s) for s in fixed_shape)[::-1], np.float32),
-                                origin=list(fixed_geom.origin[::-1]), spacing=list(fixed_geom.spacing[::-1]),
-                                direction=np.eye(3))
     tmp = tempfile.mkdtemp(prefix="petcohort-reg-")
     try:
         tx_file = _write_transform(ants, transform, os.path.join(tmp, "rigid.mat"))
-        out = _apply(ants, tx_file, moving, moving_geom, fixed_img, "genericLabel" if label else "linear")
+        if label:
+            return _warp_label(ants, tx_file, transform, np.asarray(moving), moving_geom, fixed_shape, fixed_geom)
+        out = _apply(ants, tx_file, moving, moving_geom, _fixed_image(ants, fixed_shape, fixed_geom), "linear")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return (out > 0.5).astype(np.uint8) if label else out.astype(np.float32)
+    return out.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -361,8 +411,8 @@ def register_rigid(fixed_pet: np.ndarray, fixed_geom: Geometry, moving_pet: np.n
         del reg
         mask = None
         if moving_mask is not None:
-            mask = (_apply(ants, tx_files[0], moving_mask, moving_geom, fixed_img, "genericLabel") > 0.5
-                    ).astype(np.uint8)
+            mask = _warp_label(ants, tx_files[0], transform, np.asarray(moving_mask), moving_geom, fixed_pet.shape,
+                               fixed_geom)
         if moving_pet.shape == fixed_pet.shape and moving_geom == fixed_geom:
             before = moving_pet   # the identity onto the same grid samples every voxel centre: a copy
         else:

@@ -189,3 +189,35 @@ def test_correlation_before_on_the_same_grid_is_the_identity_resampling():
         itk = reg._apply(ants, identity, bl, geom, reg._to_ants(ants, fu, geom), "linear")
     np.testing.assert_allclose(itk, bl, rtol=1e-6, atol=1e-6)
     assert normalised_correlation(fu, itk) == pytest.approx(res.corr_before, abs=1e-9)
+
+
+def test_label_warp_of_the_mask_box_equals_the_whole_grid_warp():
+    """The mask is warped only over the follow-up box that can take a label: the same labels as ANTs on the whole
+    grid, for rotated, translated and integer-shifted transforms, masks touching the grid's edges, and empty masks."""
+    from petcohort.engine.segment import registration as reg
+
+    ants = reg._ants()
+    rng = np.random.default_rng(1)
+    labelled = 0
+    for trial in range(16):
+        m_shape, f_shape = tuple(rng.integers(20, 48, 3)), tuple(rng.integers(20, 48, 3))
+        m_geom = Geometry(tuple(rng.uniform(1, 5, 3)), tuple(rng.uniform(-50, 50, 3)))
+        f_geom = Geometry(tuple(rng.uniform(1, 5, 3)), tuple(rng.uniform(-50, 50, 3)))
+        mask = np.zeros(m_shape, np.uint8)
+        for _ in range(int(rng.integers(0 if trial else 1, 4))):   # trial 0: an empty mask
+            centre, r = [int(rng.integers(0, s)) for s in m_shape], int(rng.integers(1, 6))
+            mask[tuple(slice(max(0, c - r), c + r) for c in centre)] = 1
+        if trial % 5 == 1:
+            mask[0, 0, :] = mask[-1, -1, -1] = 1
+        rot = _rotation(rng.normal(0, 10, 3)) if trial % 3 else np.eye(3)
+        shift = rng.normal(0, 20, 3) if trial % 4 else np.round(rng.normal(0, 5, 3))
+        transform = RigidTransform(tuple(rot.ravel()) + tuple(shift), tuple(rng.uniform(-20, 20, 3)))
+        with tempfile.TemporaryDirectory() as tmp:
+            tx = reg._write_transform(ants, transform, os.path.join(tmp, "rigid.mat"))
+            whole = reg._apply(ants, tx, mask, m_geom, reg._fixed_image(ants, f_shape, f_geom), "genericLabel") > 0.5
+        boxed = apply_transform(transform, mask, moving_geom=m_geom, fixed_shape=f_shape, fixed_geom=f_geom,
+                                label=True)
+        assert boxed.dtype == np.uint8 and boxed.shape == f_shape
+        np.testing.assert_array_equal(boxed, whole.astype(np.uint8))
+        labelled += int(whole.sum())
+    assert labelled > 1000                                     # the cases do put labels on the follow-up grid
