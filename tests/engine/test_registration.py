@@ -221,3 +221,37 @@ def test_label_warp_of_the_mask_box_equals_the_whole_grid_warp():
         np.testing.assert_array_equal(boxed, whole.astype(np.uint8))
         labelled += int(whole.sum())
     assert labelled > 1000                                     # the cases do put labels on the follow-up grid
+
+
+def test_body_mask_keeps_the_body_and_its_outline_only_where_it_applies():
+    from petcohort.engine.segment.registration import BODY_FRACTION_RANGE, body_mask
+
+    img = np.zeros((40, 40, 40), np.float32)
+    img[5:35, 6:34, 8:32] = 1.0
+    img[20, 20, 20] = 100.0                                    # a hot spot sets the 99th percentile, not the level
+    level = 0.05
+    body = body_mask(img, level)
+    threshold = level * float(np.percentile(img, 99))
+    inside = img > threshold
+    assert body is not None and body[inside].all()             # the body ...
+    grown = np.zeros_like(inside)
+    grown[4:36, 6:34, 8:32] = grown[5:35, 5:35, 8:32] = grown[5:35, 6:34, 7:33] = True
+    np.testing.assert_array_equal(body, grown)                 # ... and one voxel of air around it (6-connected)
+    assert body_mask(img * 1000.0, level) is not None and (body_mask(img * 1000.0, level) == body).all()  # scale-free
+    assert body_mask(np.ones((20, 20, 20), np.float32), level) is None            # no air: nothing to save
+    speck = np.zeros((40, 40, 40), np.float32)
+    speck[18:22, 18:22, 18:22] = 1.0
+    assert body_mask(speck, level) is None                     # too little to sample
+    assert BODY_FRACTION_RANGE[0] < float(body.mean()) < BODY_FRACTION_RANGE[1]
+
+
+def test_fast_schedule_samples_the_body_and_records_its_fraction():
+    geom = Geometry(WB_SPACING, (0.0, 0.0, 0.0))
+    fu, bl, truth = _known_motion_pair((0.5, 0.0, -1.0), (3.0, -2.0, 5.0))
+    res = register_rigid(fu, geom, bl, geom, seed=42)
+    assert default_schedule(WB_SHAPE).body_level is not None and default_schedule(WB_SHAPE, "full").body_level is None
+    fraction = res.summary()["qc"]["body_fraction"]
+    assert fraction is not None and 0.2 < fraction < 0.9
+    mm, deg = transform_difference(truth, res.transform)
+    assert mm <= 1.0 and deg <= 0.5, (mm, deg)
+    assert register_rigid(fu, geom, bl, geom, seed=42, schedule="full").summary()["qc"]["body_fraction"] is None
