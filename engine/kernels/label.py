@@ -139,7 +139,7 @@ def lesion_voxels(labels: Any) -> tuple[np.ndarray, np.ndarray]:
     same order (same float64 rounding) as one over the whole volume.
     """
     flat = backend.to_numpy(labels).reshape(-1)
-    idx = np.flatnonzero(flat)
+    idx = np.flatnonzero(flat != 0)   # numpy's nonzero is 5-8x slower on int32 than on a boolean array
     return idx, flat[idx]
 
 

@@ -260,7 +260,7 @@ def _per_label(means: np.ndarray, values: np.ndarray, coords: np.ndarray, bounds
 
 def _peaks_gpu(image: Any, labels: Any, n: int, offsets: np.ndarray, kv: int, kml: float) -> list[PeakResult]:
     xp = backend.get_namespace(image, labels)
-    flat = xp.flatnonzero(labels.ravel())
+    flat = xp.flatnonzero(labels.ravel() != 0)
     means = backend.to_numpy(_means_gpu(image, flat, offsets))
     labs = backend.to_numpy(labels.ravel()[flat]).astype(np.int64)
     order, bounds = label_groups(labs, n)
