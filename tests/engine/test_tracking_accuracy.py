@@ -105,3 +105,10 @@ def test_bad_matches_are_refused():
         tracking_accuracy([Match(3, 1, "persisting")], [1], [1])
     with pytest.raises(InputError):
         tracking_accuracy([{"baseline_lesion": 1, "followup_lesion": 1, "status": "odd"}], [1], [1])
+
+
+def test_match_to_dict_holds_every_field():
+    import dataclasses
+
+    for m in (Match(1, 2, "persisting", 3.5, 0.25), Match(None, 4, "new"), Match(5, None, "vanished")):
+        assert m.to_dict() == dataclasses.asdict(m)
