@@ -25,7 +25,7 @@ Summary: ``{"sources": {src: {"baseline_source", "method", "n_baseline",
 
 Accuracy against truth: when both studies hold ``truth/lesion_ids`` (the
 synthetic cohort's lesion identities, stable across timepoints), each
-source gets ``accuracy``: :meth:`~petcohort.engine.stats.tracking.TrackingAccuracy.to_dict`
+source gets ``accuracy``: :meth:`~petcohort.engine.stats.tracking_accuracy.TrackingAccuracy.to_dict`
 of its matches, with each lesion's truth id taken on its own scan from the
 same lesion labels the matcher used (docs/methods.md "Lesion tracking accuracy";
 ``status`` says ``no_followup_lesions`` / ``no_baseline_lesions``). Without
@@ -40,8 +40,8 @@ import numpy as np
 
 from petcohort.engine.errors import StageError
 from petcohort.engine.kernels.label import lesion_voxels
-from petcohort.engine.stats.tracking import (centroids_mm, lesion_truth_ids, match_centroids, match_lesions,
-                                             summarise, tracking_accuracy)
+from petcohort.engine.stats.tracking import centroids_mm, match_centroids, match_lesions, summarise
+from petcohort.engine.stats.tracking_accuracy import lesion_truth_ids, tracking_accuracy
 from petcohort.pipelines.lesion_labels import study_lesion_labels
 from petcohort.pipelines.stage_quantify import study_sources
 from petcohort.pipelines.stages import StageContext, StageOutput, register_stage

@@ -18,7 +18,7 @@ import pandas as pd
 from petcohort.engine.errors import StatsError
 from petcohort.engine.stats.agreement_kappa import cohen_kappa
 from petcohort.engine.stats.percist import CATEGORIES as PERCIST_CATEGORIES
-from petcohort.engine.stats.tracking import pool_accuracy
+from petcohort.engine.stats.tracking_accuracy import pool_accuracy
 from petcohort.pipelines.tables_gather import Cohort, flatten
 from petcohort.pipelines.tables_stats import META_COLUMNS, add_note, safe_ratio
 
@@ -192,7 +192,7 @@ def tracking_accuracy_frame(c: Cohort, notes: dict) -> pd.DataFrame:
     """Per source: lesion-match precision/recall/F1 and new/vanished detection against the phantom's lesion ids.
 
     Counts are summed over follow-ups and the ratios recomputed (micro
-    average, :func:`petcohort.engine.stats.tracking.pool_accuracy`);
+    average, :func:`petcohort.engine.stats.tracking_accuracy.pool_accuracy`);
     ``n_pairs`` = true persisting lesion ids. Follow-ups are counted, never
     dropped silently: ``n_no_followup_lesions`` / ``n_no_baseline_lesions``
     (tracked, with accuracy), ``n_baseline_missing`` (source not on the

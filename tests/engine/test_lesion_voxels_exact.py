@@ -14,7 +14,8 @@ from petcohort.engine.kernels.label import label
 from petcohort.engine.kernels.lesions import lesion_organs
 from petcohort.engine.kernels.reference import liver_reference, liver_site
 from petcohort.engine.stats.percist import assess_scan, organ_of_lesions
-from petcohort.engine.stats.tracking import centroids_mm, lesion_truth_ids, lesion_voxels, match_lesions
+from petcohort.engine.stats.tracking import centroids_mm, lesion_voxels, match_lesions
+from petcohort.engine.stats.tracking_accuracy import lesion_truth_ids
 
 SHAPE = (40, 48, 56)
 SPACING = (2.5, 2.036, 2.036)

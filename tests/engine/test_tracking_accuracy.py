@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from petcohort.engine.errors import InputError
-from petcohort.engine.stats.tracking import (ACCURACY_COUNTS, Match, lesion_truth_ids, match_lesions, pool_accuracy,
-                                             tracking_accuracy)
+from petcohort.engine.stats.tracking import Match, match_lesions
+from petcohort.engine.stats.tracking_accuracy import (ACCURACY_COUNTS, lesion_truth_ids, pool_accuracy,
+                                                      tracking_accuracy)
 
 SHAPE = (1, 1, 30)
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from petcohort.engine.stats.tracking import ACCURACY_COUNTS, TrackingAccuracy
+from petcohort.engine.stats.tracking_accuracy import ACCURACY_COUNTS, TrackingAccuracy
 from petcohort.pipelines.tables import TABLES, build_outputs, collect
 from petcohort.storage._backends import forget_memory_store
 from petcohort.storage.store import CohortStore
