@@ -6,18 +6,21 @@ assessed with :func:`petcohort.engine.stats.percist.assess_scan` on SUL
 ``SUL_UNAVAILABLE``): liver reference sphere away from that source's lesions
 (``organs/liver``; blood-pool fallback on ``organs/aorta``), SULpeak with
 ``config.radius_mm``, lesion organs by majority of voxels in
-``organs/bone``/``organs/liver``. New lesions are the ``new`` matches of
+``organs/bone``/``organs/liver``. Each lesion's SULpeak is the one the study's
+``quantify`` record holds (one number per lesion in every table); when that
+record does not hold the source with the same lesions, it is computed here the
+same way (the SUVbw peak times ``sul_per_suvbw``: the same number). New lesions are the ``new`` matches of
 the track record (split fragments are not new) that are FDG-avid (SULpeak
 above the follow-up reference mean,
 :func:`~petcohort.engine.stats.percist.avid_new_lesions`). Uptake times
 come from the ``uptake_min`` study attrs. A source whose reference cannot be placed gets
 ``category=None`` with that reason (e.g. ``NO_REFERENCE``).
 
-Device: on a GPU worker (:func:`petcohort.engine.backend.stage_device`) every
-lesion's SULpeak is computed there (each study's SUL moved once, the labels per
-source); the reference sphere, sums and the call stay on the host. A device out
-of memory reruns the peaks on the CPU; the summary records ``device`` and any
-``device_fallback``.
+Device: peaks computed here (see above) run on a GPU worker's device
+(:func:`petcohort.engine.backend.stage_device`; each study's PET moved once, the
+labels per source); the reference sphere, sums and the call stay on the host. A
+device out of memory reruns the peaks on the CPU; the summary then records
+``device`` and any ``device_fallback``.
 
 Summary: ``{"sources": {src: {"category", "reason", "rule", "evidence",
 "qc_flags", "baseline_source"}}}``.
@@ -50,6 +53,17 @@ def _sul(ctx: StageContext, key: str, attrs: dict[str, Any]) -> np.ndarray:
     return ctx.store.read_array(key, "pet").astype(np.float32) * np.float32(factor)
 
 
+def _quantified_lesions(ctx: StageContext, key: str) -> dict[str, list[dict[str, Any]]]:
+    """The lesion rows per source of the study's committed ``quantify`` record, when its SULpeak
+    sphere and lesion connectivity are this run's (else none: the peaks are computed here)."""
+    rec = ctx.store.stage_record(key, "quantify") or {}
+    params = rec.get("params") or {}
+    if rec.get("status") != "committed" or params.get("quantify.radius_mm") != ctx.config.radius_mm \
+            or params.get("quantify.connectivity") != ctx.config.connectivity:
+        return {}
+    return (rec.get("summary") or {}).get("lesions") or {}
+
+
 class _Study:
     """One study's SUL and organ masks, read once per stage, and its assessment per source (memoised).
 
@@ -68,21 +82,34 @@ class _Study:
         self.liver_site = None if liver is None else liver_site(liver, spacing=self.spacing,
                                                                diameter_mm=ctx.config.percist_sphere_mm)
         self._done: dict[str, Any] = {}
-        self._sul_device: Any = None     # the SUL on the worker's device, moved once per study
+        self._pet: dict[str, Any] = {}    # the PET (SUVbw) per device, read only when peaks are computed here
         self.device: dict[str, str] = {}  # run_on_device's info of the last peaks (``device``, fallback)
+        self._quantified = _quantified_lesions(ctx, key)
 
-    def _peaks(self, labels: np.ndarray, n: int, voxels: tuple[np.ndarray, np.ndarray]
-               ) -> tuple[list[Any], dict[str, str]]:
-        """Every lesion's SULpeak, on the worker's device when it has one (CPU after a device OOM)."""
+    def _sulpeaks(self, src: str, labels: np.ndarray, n: int, voxels: tuple[np.ndarray, np.ndarray]
+                  ) -> list[float | None]:
+        """Each lesion's SULpeak: the ``quantify`` record's when it holds these lesions, else computed alike."""
+        rows = self._quantified.get(src)
+        if rows is not None and len(rows) == n:
+            counts = np.bincount(voxels[1], minlength=n + 1)
+            if all(row.get("lesion") == i and row.get("voxels") == counts[i] and row.get("sulpeak") is not None
+                   for i, row in enumerate(rows, start=1)):
+                return [float(row["sulpeak"]) for row in rows]
+        factor = float(self.attrs["sul_per_suvbw"])   # present: _sul checked it
+
         def run(device: str) -> list[Any]:
+            if device not in self._pet:
+                pet = self.ctx.store.read_array(self.key, "pet")
+                self._pet = {device: pet if device == "cpu" else backend.to_device(pet, device)}
             if device == "cpu":
-                return lesion_peaks(self.sul, labels, n, spacing=self.spacing, radius_mm=self.ctx.config.radius_mm,
-                                    voxels=voxels)
-            if self._sul_device is None:
-                self._sul_device = backend.to_device(self.sul, device)
-            return lesion_peaks(self._sul_device, backend.to_device(labels, device), n, spacing=self.spacing,
+                return lesion_peaks(self._pet[device], labels, n, spacing=self.spacing,
+                                    radius_mm=self.ctx.config.radius_mm, voxels=voxels)
+            return lesion_peaks(self._pet[device], backend.to_device(labels, device), n, spacing=self.spacing,
                                 radius_mm=self.ctx.config.radius_mm)
-        return backend.run_on_device(run)
+        peaks, device = backend.run_on_device(run)
+        self.device = {**self.device, **device}
+        # quantify's formula (engine/kernels/lesions.py): the SUVbw peak times the SUL factor, in float64
+        return [None if p.global_peak is None else p.global_peak * factor for p in peaks]
 
     def _read(self, name: str) -> np.ndarray | None:
         store = self.ctx.store
@@ -107,14 +134,14 @@ class _Study:
         labels, n = lesions.labels, lesions.n
         voxels = lesion_voxels(labels)   # shared by the organ assignment, the peaks and the lesion sums
         organs = organ_of_lesions(labels, n, bone=self.organs["bone"], liver=liver, voxels=voxels)
-        peaks, device = self._peaks(labels, n, voxels)
-        self.device = {**self.device, **device}
         return assess_scan(self.sul, labels, n, spacing=self.spacing, liver=self.liver_site,
                            aorta=self.organs["aorta"], organ_of=organs, radius_mm=ctx.config.radius_mm,
-                           sphere_mm=ctx.config.percist_sphere_mm, peaks=peaks, voxels=voxels)
+                           sphere_mm=ctx.config.percist_sphere_mm, sulpeaks=self._sulpeaks(src, labels, n, voxels),
+                           voxels=voxels)
 
 
-@register_stage("percist", requires=("track", "organs", "threshold"), needs_baseline=("organs", "threshold"),
+@register_stage("percist", requires=("track", "organs", "threshold", "quantify"),
+                needs_baseline=("organs", "threshold", "quantify"),
                 applies_to="followup",
                 params=("quantify.connectivity", "quantify.radius_mm", "percist", "analysis.sources"))
 def percist_stage(ctx: StageContext) -> StageOutput:

@@ -62,7 +62,7 @@ from petcohort.engine.kernels._validate import check_same_grid, check_spacing
 from petcohort.engine.kernels.label import lesion_voxels
 from petcohort.engine.kernels.lesions import lesion_organs
 from petcohort.engine.kernels.reference import Reference, liver_reference
-from petcohort.engine.kernels.sulpeak import PeakResult, lesion_peaks
+from petcohort.engine.kernels.sulpeak import lesion_peaks
 from petcohort.engine.segment.threshold import PERCIST_LEVEL_FACTORS
 from petcohort.engine.stats.delta import delta_percent
 
@@ -206,7 +206,7 @@ def organ_of_lesions(labels: Any, n: int, *, bone: Any = None, liver: Any = None
 def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], liver: Any, aorta: Any = None,
                 lesion_ids: Sequence[int] | None = None, organ_of: Mapping[int, str] | None = None,
                 radius_mm: float = 6.2035, sphere_mm: float = 30.0,
-                peaks: Sequence[PeakResult] | None = None,
+                sulpeaks: Sequence[float | None] | None = None,
                 voxels: tuple[np.ndarray, np.ndarray] | None = None) -> ScanAssessment:
     """PERCIST assessment of one scan.
 
@@ -229,10 +229,12 @@ def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], live
         SULpeak sphere radius (mm).
     sphere_mm : float
         Liver reference sphere diameter (mm).
-    peaks : sequence of PeakResult, optional
-        :func:`~petcohort.engine.kernels.sulpeak.lesion_peaks` of ``sul`` and
-        ``labels`` (radius ``radius_mm``) computed by the caller, e.g. on a GPU
-        worker with the arrays on the device; default: computed here.
+    sulpeaks : sequence of float or None, optional
+        SULpeak of each label 1..n (radius ``radius_mm``; None: no peak) computed
+        by the caller, e.g. the ``quantify`` stage's (the SUVbw peak times the
+        study's SUL factor: the same number, the sphere mean being linear);
+        default: the global peaks of :func:`~petcohort.engine.kernels.sulpeak.lesion_peaks`
+        of ``sul``.
     voxels : (indices, labels), optional
         :func:`~petcohort.engine.kernels.label.lesion_voxels` of ``labels``
         when the caller has it already (e.g. from :func:`organ_of_lesions`).
@@ -256,10 +258,10 @@ def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], live
     if bad:
         raise InputError("BAD_VALUE", f"lesion_ids must lie in 1..{n}, got {bad}")
     reference = liver_reference(sul, liver, spacing=spacing, lesions=labels, aorta=aorta, diameter_mm=sphere_mm)
-    if peaks is None:
-        peaks = lesion_peaks(sul, labels, n, spacing=spacing, radius_mm=radius_mm)
-    elif len(peaks) != n:
-        raise InputError("BAD_VALUE", f"peaks holds {len(peaks)} lesions, labels {n}")
+    if sulpeaks is None:
+        sulpeaks = [p.global_peak for p in lesion_peaks(sul, labels, n, spacing=spacing, radius_mm=radius_mm)]
+    elif len(sulpeaks) != n:
+        raise InputError("BAD_VALUE", f"sulpeaks holds {len(sulpeaks)} lesions, labels {n}")
     voxel_ml = float(np.prod(spacing)) / 1000.0
     # lesion voxels only, in C order: each label's float64 sum accumulates as over the whole volume,
     # without a whole-volume float64 copy of the image
@@ -268,10 +270,10 @@ def assess_scan(sul: Any, labels: Any, n: int, *, spacing: Sequence[float], live
     counts = np.bincount(values, minlength=n + 1)
     lesions = []
     for i in ids:
-        if counts[i] == 0 or peaks[i - 1].global_peak is None:
+        if counts[i] == 0 or sulpeaks[i - 1] is None:
             continue  # an empty label is not a lesion
         volume = counts[i] * voxel_ml
-        lesions.append(LesionAssessment(i, float(peaks[i - 1].global_peak), (organ_of or {}).get(i),
+        lesions.append(LesionAssessment(i, float(sulpeaks[i - 1]), (organ_of or {}).get(i),
                                         float(volume), float(volume * sums[i] / counts[i])))
     return make_assessment(reference, lesions)
 

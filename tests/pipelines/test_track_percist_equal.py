@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from petcohort.engine.kernels.lesions import lesion_organs
+from petcohort.engine.kernels.sulpeak import lesion_peaks
 from petcohort.engine.stats.percist import assess_scan, percist_call
 from petcohort.pipelines import stage_track
 from petcohort.pipelines.config import RunConfig
@@ -22,7 +23,7 @@ from petcohort.storage.store import CohortStore
 
 pytest.importorskip("ants", reason="antspyx is not installed: no registration, so no 'registered' tracking")
 
-STAGE_NAMES = ["organs", "threshold", "register", "track", "percist"]
+STAGE_NAMES = ["organs", "threshold", "register", "quantify", "track", "percist"]
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +74,14 @@ def _direct_assessment(ctx, key, src):
 
     lesions = study_lesion_labels(ctx.store, key, src, connectivity=ctx.config.connectivity)
     organs = lesion_organs(lesions.labels, lesions.n, bone=organ("bone"), liver=organ("liver"))
-    return assess_scan(sul, lesions.labels, lesions.n, spacing=[float(s) for s in attrs["spacing"]],
+    spacing = [float(s) for s in attrs["spacing"]]
+    # SULpeak as the quantify stage defines it: the SUVbw peak times the SUL factor
+    peaks = lesion_peaks(ctx.store.read_array(key, "pet"), lesions.labels, lesions.n, spacing=spacing,
+                         radius_mm=ctx.config.radius_mm)
+    return assess_scan(sul, lesions.labels, lesions.n, spacing=spacing,
                        liver=organ("liver"), aorta=organ("aorta"), organ_of=organs, radius_mm=ctx.config.radius_mm,
-                       sphere_mm=ctx.config.percist_sphere_mm)
+                       sphere_mm=ctx.config.percist_sphere_mm,
+                       sulpeaks=[p.global_peak * float(attrs["sul_per_suvbw"]) for p in peaks])
 
 
 def test_percist_equals_direct_assessment(cohort):
@@ -96,3 +102,22 @@ def test_percist_equals_direct_assessment(cohort):
             assert stored[src] == {**call.to_dict(), "baseline_source": rec["baseline_source"]}
             n_called += call.category is not None
     assert n_called > 0
+
+
+def test_percist_takes_the_quantify_peaks_which_equal_its_own(cohort, monkeypatch):
+    """The SULpeaks read from the quantify records give the same summaries as those computed in the stage,
+    and the stage does read them: no peak is computed while every record holds its sources."""
+    from petcohort.pipelines import stage_percist
+
+    store, contexts = cohort
+    stored = {ctx.key: _summary(store, ctx.key, "percist") for ctx in contexts}
+    computed = []
+    real_peaks = stage_percist.lesion_peaks
+    monkeypatch.setattr(stage_percist, "lesion_peaks", lambda *a, **k: computed.append(1) or real_peaks(*a, **k))
+    for ctx in contexts:
+        assert STAGES["percist"].fn(ctx).summary == stored[ctx.key]
+    assert computed == []
+    monkeypatch.setattr(stage_percist, "_quantified_lesions", lambda ctx, key: {})   # no record: computed here
+    for ctx in contexts:
+        assert STAGES["percist"].fn(ctx).summary == stored[ctx.key]
+    assert computed
