@@ -65,7 +65,12 @@ def threshold_stage(ctx: StageContext) -> StageOutput:
 
 def _masks(ctx: StageContext, pet_host: np.ndarray, exclude_host: np.ndarray | None, device: str
            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The three masks with the PET on ``device`` (moved once); numpy masks and numbers come back."""
+    """The three masks with the PET on ``device`` (moved once); numpy masks and numbers come back.
+
+    The PERCIST mask comes last: on the CPU its SUL is made in ``pet_host``'s own
+    memory (the stage's copy read from the store, no longer needed), so the
+    stage never holds a second whole-volume float image.
+    """
     cfg = ctx.config
     put = backend.mover(device)
     pet, exclude = put(pet_host), put(exclude_host)
@@ -73,6 +78,8 @@ def _masks(ctx: StageContext, pet_host: np.ndarray, exclude_host: np.ndarray | N
     suv25_dev = threshold.fixed(pet, cfg.threshold_fixed, exclude=exclude)
     suv25 = backend.to_numpy(suv25_dev)
     del suv25_dev
+    rel = backend.to_numpy(threshold.relative(pet, cfg.threshold_relative, connectivity=cfg.connectivity,
+                                              seed_level=cfg.threshold_fixed, exclude=exclude))
     arrays = {"seg/threshold_suv25": suv25}
     summary: dict[str, Any] = {"threshold_suv25": _stats(suv25, voxel_ml)}
     factor = ctx.attrs.get("sul_per_suvbw")
@@ -83,7 +90,11 @@ def _masks(ctx: StageContext, pet_host: np.ndarray, exclude_host: np.ndarray | N
     elif factor is None:
         summary["threshold_percist_reason"] = "SUL_UNAVAILABLE"
     else:
-        sul = pet_host.astype(np.float32) * np.float32(factor)
+        if device == "cpu" and pet_host.dtype == np.float32:   # the SUL in the PET's memory: same float32 products
+            sul = np.multiply(pet_host, np.float32(factor), out=pet_host)
+            del pet
+        else:
+            sul = pet_host.astype(np.float32) * np.float32(factor)
         liver = ctx.store.read_array(ctx.key, "organs/liver") if has_liver else None
         aorta = ctx.store.read_array(ctx.key, "organs/aorta") if has_aorta else None
         try:
@@ -105,10 +116,6 @@ def _masks(ctx: StageContext, pet_host: np.ndarray, exclude_host: np.ndarray | N
                                             "level_rule": f"{a:g} x {ref.source} mean + {b:g} x SD",
                                             "reference": ref.to_dict()}
         del sul, liver, aorta
-    # the 41 % mask last: the SUL copy (4 bytes per voxel) and the labelling's transients are then never
-    # alive together (worker peak memory, benchmarks/bench_scaling.py)
-    rel = backend.to_numpy(threshold.relative(pet, cfg.threshold_relative, connectivity=cfg.connectivity,
-                                              seed_level=cfg.threshold_fixed, exclude=exclude))
     arrays["seg/threshold_41pct"] = rel
     summary["threshold_41pct"] = _stats(rel, voxel_ml)
     return arrays, summary

@@ -69,7 +69,8 @@ def fixed(pet: Any, level: float = 2.5, *, exclude: Any = None) -> Any:
     mask = pet >= level
     if keep is not None:
         mask &= keep
-    return mask.astype(xp.uint8)
+    del keep
+    return mask.view(xp.uint8)   # the 0/1 bytes as uint8, without a second whole-volume mask
 
 
 def relative(pet: Any, fraction: float = 0.41, *, connectivity: int = 26, seed_level: float = 2.5,
