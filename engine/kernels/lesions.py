@@ -104,7 +104,8 @@ def organ_voxel_counts(labels: Any, n: int, *, bone: Any = None, liver: Any = No
             continue
         m = backend.to_numpy(mask)
         check_same_grid(labels, m, names=("labels", name))
-        m = m.ravel() != 0
+        m = m.ravel()
+        m = m if m.dtype == bool else m != 0   # a boolean mask is used as it is (no whole-volume copy)
         at = m[idx]
         counts[name] = np.bincount(values[at], minlength=size)[:size]
         counts[name][0] = int(np.count_nonzero(m)) - int(np.count_nonzero(at))
