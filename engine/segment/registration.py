@@ -162,7 +162,10 @@ def _label_region(transform: RigidTransform, mask: np.ndarray, moving_geom: Geom
         return None
     corners = np.array(list(itertools.product(*[(span[0] - 1.0, span[-1] + 1.0) for span in spans])))
     matrix, offset = index_affine(transform, moving_geom, fixed_geom)
-    fixed_idx = (corners - offset) @ np.linalg.inv(matrix).T
+    try:
+        fixed_idx = (corners - offset) @ np.linalg.inv(matrix).T
+    except np.linalg.LinAlgError:   # a degenerate (non-rigid) matrix from a hand-made transform: the whole grid
+        return tuple(slice(0, int(n)) for n in fixed_shape)
     start = np.maximum(np.floor(fixed_idx.min(axis=0)).astype(int) - 1, 0)
     stop = np.minimum(np.ceil(fixed_idx.max(axis=0)).astype(int) + 2, np.asarray(fixed_shape, int))
     if (stop <= start).any():
