@@ -39,16 +39,17 @@ def study_sources(ctx: StageContext) -> list[str]:
     return [s for s in present if s in wanted]
 
 
-def _optional(ctx: StageContext, name: str) -> Any:
-    return ctx.store.read_array(ctx.key, name) if ctx.store.has_array(ctx.key, name) else None
+def _organ(ctx: StageContext, name: str) -> Any:
+    """``organs/<name>`` as a boolean mask (held through the stage: 1 byte a voxel, no per-source copy), or None."""
+    return ctx.store.read_array(ctx.key, f"organs/{name}") != 0 if ctx.store.has_array(ctx.key, f"organs/{name}") \
+        else None
 
 
 @register_stage("quantify", requires=("organs", "threshold"), params=("quantify.connectivity", "quantify.radius_mm",
                                                                       "analysis.sources"))
 def quantify_stage(ctx: StageContext) -> StageOutput:
     """Per-study and per-lesion biomarkers for every segmentation source."""
-    host = {"pet": ctx.store.read_array(ctx.key, "pet"), "bone": _optional(ctx, "organs/bone"),
-            "liver": _optional(ctx, "organs/liver")}
+    host = {"pet": ctx.store.read_array(ctx.key, "pet"), "bone": _organ(ctx, "bone"), "liver": _organ(ctx, "liver")}
     (studies, lesion_rows), device = backend.run_on_device(lambda dev: _quantify_sources(ctx, host, dev))
     summary: dict[str, Any] = {"sources": studies, "lesions": lesion_rows, **device}
     if ctx.attrs.get("sul_per_suvbw") is None:

@@ -67,6 +67,14 @@ def majority_organ(bone_n: int, liver_n: int, other_n: int) -> str:
     return max(counts, key=lambda kv: kv[1])[0]  # max keeps the first of equal counts
 
 
+def _host_mask(mask: Any) -> np.ndarray | None:
+    """``mask != 0`` on the host; a boolean numpy mask as it is (no whole-volume copy)."""
+    if mask is None:
+        return None
+    mask = backend.to_numpy(mask)
+    return mask if mask.dtype == bool else mask != 0
+
+
 def organ_voxel_counts(labels: Any, n: int, *, bone: Any = None, liver: Any = None,
                        voxels: tuple[np.ndarray, np.ndarray] | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,10 +110,9 @@ def organ_voxel_counts(labels: Any, n: int, *, bone: Any = None, liver: Any = No
         if mask is None:
             counts[name] = np.zeros(size, dtype=np.int64)
             continue
-        m = backend.to_numpy(mask)
+        m = _host_mask(mask)
         check_same_grid(labels, m, names=("labels", name))
         m = m.ravel()
-        m = m if m.dtype == bool else m != 0   # a boolean mask is used as it is (no whole-volume copy)
         at = m[idx]
         counts[name] = np.bincount(values[at], minlength=size)[:size]
         counts[name][0] = int(np.count_nonzero(m)) - int(np.count_nonzero(at))
@@ -224,8 +231,7 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
     # per-lesion statistics below are cheap reductions over lesion voxels on the host.
     peaks = lesion_peaks_unchecked(image, labels, n, spacing=sp, radius_mm=radius_mm,
                                    voxels=None if backend.is_cupy(labels) else voxels)
-    bone_h = None if bone is None else backend.to_numpy(bone) != 0
-    liver_h = None if liver is None else backend.to_numpy(liver) != 0
+    bone_h, liver_h = _host_mask(bone), _host_mask(liver)
     in_bone_n, in_liver_n, in_other_n = organ_voxel_counts(labels_h, n, bone=bone_h, liver=liver_h, voxels=voxels)
     kv, kml = kernel_size(sp, radius_mm)
     voxel_ml = math.prod(sp) / 1000.0
