@@ -6,9 +6,11 @@ regions seeded at ``threshold_fixed``) and, when SUL and a reference region exis
 ``seg/threshold_percist`` (SUL >= the PERCIST level of the reference actually
 used, :func:`petcohort.engine.segment.threshold.percist_level`: 1.5 x liver
 mean + 2 x liver SD, or 2.0 x blood-pool mean + 2 x blood-pool SD when the
-reference of :func:`petcohort.engine.kernels.reference.liver_reference`, whose
-sphere is kept away from the SUV-2.5 hot spots, fell back to the descending
-aorta). The reference needs ``organs/liver`` or, without it, ``organs/aorta``
+reference of :func:`petcohort.engine.kernels.reference.liver_reference` fell
+back to the descending aorta). The liver sphere keeps away from the liver's
+lesions as :func:`petcohort.engine.segment.threshold.percist_liver_hot` marks
+them (the whole liver's robust PERCIST level); the blood-pool cylinder from the
+SUV 2.5 mask. The reference needs ``organs/liver`` or, without it, ``organs/aorta``
 (blood pool); with neither the mask is skipped with ``NO_LIVER_MASK``. Brain, bladder,
 kidneys and heart are excluded when ``organs/<name>`` masks exist (their
 physiological FDG uptake is not disease).
@@ -63,6 +65,15 @@ def threshold_stage(ctx: StageContext) -> StageOutput:
     return StageOutput(arrays=arrays, summary={"excluded_organs": excluded, **summary, **device})
 
 
+def _avoided(source: str, hot: tuple[np.ndarray, float] | None) -> dict[str, Any]:
+    """What the reference kept away from (summary ``reference_avoids``)."""
+    if source != "liver" or hot is None:
+        return {"rule": "SUV >= threshold.fixed"}
+    a, b = threshold.PERCIST_LEVEL_FACTORS["liver"]
+    return {"rule": f"SUL >= {a:g} x liver median + {b:g} x {threshold.MAD_TO_SD:g} x liver MAD",
+            "level_sul": hot[1]}
+
+
 def _masks(ctx: StageContext, pet_host: np.ndarray, exclude_host: np.ndarray | None, device: str
            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The three masks with the PET on ``device`` (moved once); numpy masks and numbers come back.
@@ -97,9 +108,12 @@ def _masks(ctx: StageContext, pet_host: np.ndarray, exclude_host: np.ndarray | N
             sul = pet_host.astype(np.float32) * np.float32(factor)
         liver = ctx.store.read_array(ctx.key, "organs/liver") if has_liver else None
         aorta = ctx.store.read_array(ctx.key, "organs/aorta") if has_aorta else None
+        # what the reference keeps away from: the liver sphere, the liver's own lesions (percist_liver_hot);
+        # the blood-pool cylinder (fallback), the SUV 2.5 mask
+        hot = None if liver is None else threshold.percist_liver_hot(sul, liver, exclude=exclude_host)
         try:
-            ref = liver_reference(sul, liver, spacing=ctx.spacing, lesions=suv25, aorta=aorta,
-                                  diameter_mm=cfg.percist_sphere_mm)
+            ref = liver_reference(sul, liver, spacing=ctx.spacing, lesions=suv25 if hot is None else hot[0],
+                                  aorta=aorta, diameter_mm=cfg.percist_sphere_mm, aorta_lesions=suv25)
         except PetCohortError as exc:  # no room for a reference: skip this mask, keep the others
             summary["threshold_percist_reason"] = exc.reason
         else:
@@ -114,8 +128,8 @@ def _masks(ctx: StageContext, pet_host: np.ndarray, exclude_host: np.ndarray | N
             a, b = threshold.PERCIST_LEVEL_FACTORS[ref.source]
             summary["threshold_percist"] = {**_stats(percist, voxel_ml), "level_sul": level,
                                             "level_rule": f"{a:g} x {ref.source} mean + {b:g} x SD",
-                                            "reference": ref.to_dict()}
-        del sul, liver, aorta
+                                            "reference": ref.to_dict(), "reference_avoids": _avoided(ref.source, hot)}
+        del sul, liver, aorta, hot
     arrays["seg/threshold_41pct"] = rel
     summary["threshold_41pct"] = _stats(rel, voxel_ml)
     return arrays, summary

@@ -302,7 +302,8 @@ def blood_pool_reference(sul: Any, aorta: Any, *, spacing: Sequence[float], lesi
 
 def liver_reference(sul: Any, liver: Any, *, spacing: Sequence[float], lesions: Any = None, aorta: Any = None,
                     diameter_mm: float = 30.0, lesion_margin_mm: float = 10.0,
-                    aorta_diameter_mm: float = 10.0, aorta_length_mm: float = 20.0) -> Reference:
+                    aorta_diameter_mm: float = 10.0, aorta_length_mm: float = 20.0,
+                    aorta_lesions: Any = None) -> Reference:
     """PERCIST reference: a sphere in the right liver lobe, else the blood pool.
 
     Parameters
@@ -324,6 +325,9 @@ def liver_reference(sul: Any, liver: Any, *, spacing: Sequence[float], lesions: 
         Extra clearance between the sphere surface and lesion voxels.
     aorta_diameter_mm, aorta_length_mm : float
         Fallback cylinder (PERCIST: 10 mm diameter over 20 mm of z).
+    aorta_lesions : (Z, Y, X) ndarray or None
+        What the fallback cylinder keeps away from, when it is not ``lesions``
+        (None: ``lesions``).
 
     Returns
     -------
@@ -363,5 +367,6 @@ def liver_reference(sul: Any, liver: Any, *, spacing: Sequence[float], lesions: 
             mean, sd, n = _roi_stats(sul, centre, sphere_offsets(spacing, radius))
             return Reference(mean, sd, n, centre, "liver", None)
         reason = "LIVER_NO_ROOM"
-    return blood_pool_reference(sul, aorta, spacing=spacing, lesions=lesion_arr, diameter_mm=aorta_diameter_mm,
-                                length_mm=aorta_length_mm, fallback_reason=reason)
+    return blood_pool_reference(sul, aorta, spacing=spacing, lesions=lesion_arr if aorta_lesions is None
+                                else aorta_lesions, diameter_mm=aorta_diameter_mm, length_mm=aorta_length_mm,
+                                fallback_reason=reason)

@@ -26,13 +26,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from petcohort.engine import backend
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import (check_3d, check_finite, check_fraction, check_positive,
                                                  check_same_grid)
 from petcohort.engine.kernels.label import label
 
-__all__ = ["fixed", "relative", "percist_adaptive", "percist_level", "PERCIST_LEVEL_FACTORS"]
+__all__ = ["fixed", "relative", "percist_adaptive", "percist_level", "percist_liver_hot", "PERCIST_LEVEL_FACTORS",
+           "MAD_TO_SD"]
 
 #: (mean factor, SD factor) of the PERCIST measurability level per reference source (Wahl 2009):
 #: ``level = a * mean + b * SD``. The one table both the threshold mask and the PERCIST call use.
@@ -140,6 +143,46 @@ def percist_level(mean: float, sd: float, *, source: str = "liver") -> float:
         raise InputError("BAD_VALUE", f"sd must be a finite number >= 0, got {sd!r}")
     a, b = PERCIST_LEVEL_FACTORS[source]
     return a * mean + b * sd
+
+
+#: SD of a normal distribution per median absolute deviation (1 / Phi^-1(3/4)).
+MAD_TO_SD = 1.4826
+
+
+def percist_liver_hot(sul: Any, liver: Any, *, exclude: Any = None) -> tuple[Any, float] | None:
+    """What the PERCIST liver sphere of the adaptive mask keeps away from, before that mask exists.
+
+    PERCIST places its 3 cm reference sphere in normal liver, away from lesions;
+    the lesions of the PERCIST-adaptive mask are those above the level the
+    sphere itself yields. The whole liver's median and MAD-based SD
+    (``MAD_TO_SD`` x MAD) are robust to the lesions in it, so the voxels at or
+    above the PERCIST liver level of those statistics (``1.5 x median + 2 x
+    SD``) mark the liver's lesions without marking normal parenchyma: a fixed
+    SUV 2.5 cut marks the noisy upper tail of a normal liver (whose SUVbw is
+    often 2-2.5) and leaves no room for the sphere.
+
+    Parameters
+    ----------
+    sul : (Z, Y, X) ndarray, float, SUL
+    liver : (Z, Y, X) mask, same grid
+    exclude : (Z, Y, X) mask or None  voxels never marked (physiological uptake)
+
+    Returns
+    -------
+    (mask, level) : (Z, Y, X) uint8 ndarray and the level (SUL); None when the
+    liver mask is empty or its median SUL is not positive.
+    """
+    host_sul, host_liver = backend.to_numpy(sul), backend.to_numpy(liver)
+    check_same_grid(host_sul, host_liver, names=("sul", "liver"))
+    values = host_sul[host_liver != 0].astype(np.float64)
+    if values.size == 0:
+        return None
+    median = float(np.median(values))
+    if not median > 0:
+        return None
+    sd = MAD_TO_SD * float(np.median(np.abs(values - median)))
+    level = percist_level(median, sd, source="liver")
+    return fixed(sul, level, exclude=exclude), level
 
 
 def percist_adaptive(sul: Any, mean: float, sd: float, *, source: str = "liver", exclude: Any = None) -> Any:
