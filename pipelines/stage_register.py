@@ -25,7 +25,7 @@ from petcohort.pipelines.stages import StageContext, StageOutput, register_stage
 
 __all__ = ["SCHEDULE", "register_stage_fn"]
 
-#: registration schedule of the stage (engine/segment/registration.py ``SCHEDULES``).
+#: registration schedule of the stage (engine/segment/reg_schedule.py ``SCHEDULES``).
 SCHEDULE = "fast"
 
 

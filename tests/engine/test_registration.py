@@ -224,7 +224,7 @@ def test_label_warp_of_the_mask_box_equals_the_whole_grid_warp():
 
 
 def test_body_mask_keeps_the_body_and_its_outline_only_where_it_applies():
-    from petcohort.engine.segment.registration import BODY_FRACTION_RANGE, body_mask
+    from petcohort.engine.segment.reg_schedule import BODY_FRACTION_RANGE, body_mask
 
     img = np.zeros((40, 40, 40), np.float32)
     img[5:35, 6:34, 8:32] = 1.0
