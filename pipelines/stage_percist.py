@@ -9,9 +9,9 @@ assessed with :func:`petcohort.engine.stats.percist.assess_scan` on SUL
 ``organs/bone``/``organs/liver``. Each lesion's SULpeak is the one the study's
 ``quantify`` record holds (one number per lesion in every table); when that
 record does not hold the source with the same lesions, it is computed here the
-same way (the SUVbw peak times ``sul_per_suvbw``: the same number). New lesions are the ``new`` matches of
-the track record (split fragments are not new) that are FDG-avid (SULpeak
-above the follow-up reference mean,
+same way (:func:`petcohort.engine.kernels.lesions.sulpeak`). New lesions are the
+``new`` matches of the track record (split fragments are not new) that are
+FDG-avid (SULpeak above the follow-up reference mean,
 :func:`~petcohort.engine.stats.percist.avid_new_lesions`). Uptake times
 come from the ``uptake_min`` study attrs. A source whose reference cannot be placed gets
 ``category=None`` with that reason (e.g. ``NO_REFERENCE``).
@@ -34,6 +34,7 @@ import numpy as np
 from petcohort.engine import backend
 from petcohort.engine.errors import PetCohortError, StageError
 from petcohort.engine.kernels.label import lesion_voxels
+from petcohort.engine.kernels.lesions import sulpeak
 from petcohort.engine.kernels.reference import liver_site
 from petcohort.engine.kernels.sulpeak import lesion_peaks
 from petcohort.engine.stats.percist import assess_scan, organ_of_lesions, percist_call
@@ -108,8 +109,7 @@ class _Study:
                                 radius_mm=self.ctx.config.radius_mm)
         peaks, device = backend.run_on_device(run)
         self.device = {**self.device, **device}
-        # quantify's formula (engine/kernels/lesions.py): the SUVbw peak times the SUL factor, in float64
-        return [None if p.global_peak is None else p.global_peak * factor for p in peaks]
+        return [sulpeak(p.global_peak, factor) for p in peaks]   # quantify's formula
 
     def _read(self, name: str) -> np.ndarray | None:
         store = self.ctx.store

@@ -32,8 +32,8 @@ from petcohort.engine.kernels._validate import (check_3d, check_connectivity, ch
 from petcohort.engine.kernels.label import label_groups, lesion_labels, lesion_voxels
 from petcohort.engine.kernels.sulpeak import DEFAULT_RADIUS_MM, kernel_size, lesion_peaks_unchecked
 
-__all__ = ["Quantification", "quantify", "STUDY_KEYS", "LESION_KEYS", "organ_voxel_counts", "majority_organ",
-           "lesion_organs"]
+__all__ = ["Quantification", "quantify", "sulpeak", "STUDY_KEYS", "LESION_KEYS", "organ_voxel_counts",
+           "majority_organ", "lesion_organs"]
 
 STUDY_KEYS = ("lesion_count", "mtv_ml", "tlg", "suvmax", "suvmean", "sulpeak", "local_peak", "suvpeak",
               "pbi", "pli", "dmax_mm", "kernel_voxels", "kernel_ml")
@@ -65,6 +65,16 @@ def majority_organ(bone_n: int, liver_n: int, other_n: int) -> str:
     """``bone``, ``liver`` or ``other``: the majority of a lesion's voxel counts; ties in that order."""
     counts = (("bone", bone_n), ("liver", liver_n), ("other", other_n))
     return max(counts, key=lambda kv: kv[1])[0]  # max keeps the first of equal counts
+
+
+def sulpeak(suv_peak: float | None, sul_per_suvbw: float | None) -> float | None:
+    """A lesion's SULpeak from its SUVbw global peak: ``suv_peak * sul_per_suvbw``, float64.
+
+    The sphere mean is linear, so this is the peak of the SUL image, without a
+    SUL copy of the volume. The one formula of every SULpeak (``quantify``, and
+    ``percist`` when it computes the peaks itself). None when either is None.
+    """
+    return None if suv_peak is None or sul_per_suvbw is None else suv_peak * sul_per_suvbw
 
 
 def _host_mask(mask: Any) -> np.ndarray | None:
@@ -257,7 +267,7 @@ def quantify(image: Any, mask: Any, *, spacing: Sequence[float], connectivity: i
         lesion = {
             "lesion": lab, "voxels": voxels_n, "mtv_ml": mtv, "suvmax": float(values.max()),
             "suvmean": suvmean,
-            "sulpeak": None if sul_per_suvbw is None else pk.global_peak * sul_per_suvbw,
+            "sulpeak": sulpeak(pk.global_peak, sul_per_suvbw),
             "suvpeak": pk.global_peak, "local_peak": pk.local_peak, "tlg": mtv * suvmean,
             "centroid_mm": [float(c) for c in centroid], "organ": majority_organ(nb, nl, int(in_other_n[lab])),
         }
