@@ -87,10 +87,10 @@ def _masks(ctx: StageContext, pet_host: np.ndarray, exclude_host: np.ndarray | N
     pet, exclude = put(pet_host), put(exclude_host)
     voxel_ml = float(np.prod(ctx.spacing)) / 1000.0
     suv25_dev = threshold.fixed(pet, cfg.threshold_fixed, exclude=exclude)
+    rel = backend.to_numpy(threshold.relative(pet, cfg.threshold_relative, connectivity=cfg.connectivity,
+                                              seed_level=cfg.threshold_fixed, exclude=exclude, seeds=suv25_dev))
     suv25 = backend.to_numpy(suv25_dev)
     del suv25_dev
-    rel = backend.to_numpy(threshold.relative(pet, cfg.threshold_relative, connectivity=cfg.connectivity,
-                                              seed_level=cfg.threshold_fixed, exclude=exclude))
     arrays = {"seg/threshold_suv25": suv25}
     summary: dict[str, Any] = {"threshold_suv25": _stats(suv25, voxel_ml)}
     factor = ctx.attrs.get("sul_per_suvbw")

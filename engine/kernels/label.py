@@ -55,7 +55,9 @@ def label(mask: Any, *, connectivity: int = 26) -> tuple[Any, int]:
     if xp is np:
         import cc3d  # noqa: PLC0415
 
-        fg = np.ascontiguousarray(mask != 0)
+        # cc3d labels equal non-zero values together: a 0/1 mask goes in as it is (no whole-volume copy)
+        binary = mask.dtype == bool or (mask.dtype == np.uint8 and (mask.size == 0 or int(mask.max()) <= 1))
+        fg = np.ascontiguousarray(mask) if binary else np.ascontiguousarray(mask != 0)
         # uint32 out: int32's bits without a copy (cc3d would pick uint16 for < 65535 components,
         # which the int32 contract then copies: 6 bytes a voxel alive instead of 4)
         labels, n = cc3d.connected_components(fg, connectivity=connectivity, return_N=True, out_dtype=np.uint32)

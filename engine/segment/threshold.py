@@ -42,7 +42,8 @@ __all__ = ["fixed", "relative", "percist_adaptive", "percist_level", "percist_li
 PERCIST_LEVEL_FACTORS: dict[str, tuple[float, float]] = {"liver": (1.5, 2.0), "blood_pool": (2.0, 2.0)}
 
 
-def _prepare(image: Any, exclude: Any, name: str) -> tuple[Any, Any]:
+def _prepare(image: Any, exclude: Any, name: str, *, want_keep: bool = True) -> tuple[Any, Any]:
+    """Check ``image`` and ``exclude``; (namespace, ``exclude == 0`` or None). ``want_keep=False``: checks only."""
     check_3d(image, name)
     check_finite(image, name)
     xp = backend.get_namespace(image, exclude)
@@ -50,7 +51,7 @@ def _prepare(image: Any, exclude: Any, name: str) -> tuple[Any, Any]:
     if exclude is not None:
         check_3d(exclude, "exclude")
         check_same_grid(image, exclude, names=(name, "exclude"))
-        keep = exclude == 0
+        keep = (exclude == 0) if want_keep else None
     return xp, keep
 
 
@@ -77,7 +78,7 @@ def fixed(pet: Any, level: float = 2.5, *, exclude: Any = None) -> Any:
 
 
 def relative(pet: Any, fraction: float = 0.41, *, connectivity: int = 26, seed_level: float = 2.5,
-             exclude: Any = None) -> Any:
+             exclude: Any = None, seeds: Any = None) -> Any:
     """Per-region relative threshold (``fraction`` of each region's SUVmax).
 
     Parameters
@@ -90,22 +91,31 @@ def relative(pet: Any, fraction: float = 0.41, *, connectivity: int = 26, seed_l
     seed_level : float, SUVbw
         Fixed threshold whose connected components are the hot regions.
     exclude : (Z, Y, X) mask or None
+    seeds : (Z, Y, X) mask, optional
+        ``fixed(pet, seed_level, exclude=exclude)`` when the caller has it
+        already (the threshold stage writes it as its SUV 2.5 mask): it is
+        not computed again. Only its non-zero voxels are read; it is not
+        modified.
 
     Returns
     -------
     (Z, Y, X) ndarray of uint8 (0/1), same namespace as ``pet``
     """
-    xp, _ = _prepare(pet, exclude, "pet")
+    xp, _ = _prepare(pet, exclude, "pet", want_keep=False)   # fixed() applies the exclusion
     fraction = check_fraction(fraction, "fraction")
-    seeds = fixed(pet, seed_level, exclude=exclude)
+    if seeds is None:
+        seeds = fixed(pet, seed_level, exclude=exclude)
+    else:
+        check_same_grid(pet, seeds, names=("pet", "seeds"))
     labels, n = label(seeds, connectivity=connectivity)
     if n == 0:
-        return seeds
+        return xp.zeros(pet.shape, dtype=xp.uint8)
     ndi = backend.ndimage(xp)
     # Work on the seed voxels only (a few % of a whole-body volume): full-volume label lookups
     # and float64 thresholds cost ~6x the PET's bytes of worker memory on a whole-body study.
     where = xp.flatnonzero(labels != 0)   # on a boolean array: 5-8x faster than on int32 (numpy)
     lab = labels.ravel()[where]
+    del labels   # the whole-volume labels go before the output is made
     vals = pet.ravel()[where]
     maxima = xp.asarray(ndi.maximum(vals, lab, xp.arange(1, n + 1)), dtype=xp.float64)
     out = xp.zeros(pet.shape, dtype=xp.uint8)
