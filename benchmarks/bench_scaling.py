@@ -1,22 +1,32 @@
 """Cohort engine at scale: strong scaling, worker memory, scheduler overhead, cost per study.
 
-Run: ``python benchmarks/bench_scaling.py`` (about 1-3 min on 2 cores;
+Run: ``python benchmarks/bench_scaling.py`` (about 2-4 min on 2 cores;
 ``--sizes 10,100`` for a quicker pass).
 
 1. Strong scaling: the same study-stages (``--force``) on a small synthetic
-   cohort with 1 and then 2 worker processes; efficiency = t1 / (2 * t2).
+   cohort with 1 and with 2 worker processes, in ``--rounds`` rounds that
+   alternate the order (1 then 2, 2 then 1, ...) with both clusters up, so
+   that a shared machine's drift falls on both sides; efficiency = t1 /
+   (2 * t2) per round, and its median. Beside it, the machine's own ceiling:
+   the same work without Dask in one process alone, then in two processes
+   at once (each on its own copy of the store); alone / together is the most
+   any engine can reach on these cores.
    Work: the registered ``organs``, ``threshold`` and ``quantify`` stages
    when they exist, else this file's ``bench_peak`` stage (threshold,
    scipy labelling and a SULpeak-like sphere mean per lesion); the output
    says which.
-2. Worker memory: peak RSS growth of each worker during the 2-worker run
+2. Worker memory: peak RSS growth of each worker during the first 2-worker run
    (peak RSS, reset just before the run through ``/proc/self/clear_refs``,
-   minus RSS before; warm workers: each imported the stages and ran them once
-   on the smallest study, uncommitted) relative to the bytes of the largest
-   study's ``pet`` + ``ct`` and of all its arrays after the run (adult-size
-   phantoms by default, as in the demo); then the same over one more forced
-   run, once the heap the first grew is there to reuse (the workers keep
-   freed memory up to ``engine.allocator.MALLOC_BYTES``).
+   minus RSS before; warm workers: each imported the stages and ran them
+   once, with the engine's allocator settings, on the smallest study,
+   uncommitted) relative to the bytes of the largest study's ``pet`` +
+   ``ct`` and of all its arrays after the run (adult-size phantoms by
+   default, as in the demo); then the same over one more forced run, once
+   the heap the first grew is there to reuse (the workers keep freed memory
+   up to ``engine.allocator.MALLOC_BYTES``). Last, the whole heap a worker
+   came to hold (glibc ``mallinfo2``: arena + mmapped, after every run,
+   minus the same once the stages were imported, before any study): what
+   the studies cost a worker, without the code that imports map.
 3. Scheduler overhead: 1 - (sum of task seconds in the records) / (wall x
    workers) for the 2-worker run.
 4. Cost per study at 10, 100, 1000 studies of tiny (4 x 8 x 8) volumes and a
@@ -30,6 +40,7 @@ import argparse
 import logging
 import resource
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +49,10 @@ import numpy as np
 import scipy.ndimage as ndi
 from _harness import report
 
+from petcohort.engine.allocator import tune_malloc
 from petcohort.pipelines.config import RunConfig
 from petcohort.pipelines.run import plan_run, run_cohort
+from petcohort.pipelines.run_task import execute_study_stage
 from petcohort.pipelines.stages import STAGES, StageContext, StageOutput, load_stages, register_stage
 from petcohort.storage.store import CohortStore
 
@@ -87,6 +100,26 @@ def _rss() -> dict:
     return {"rss": psutil.Process().memory_info().rss, "maxrss": peak}
 
 
+def _heap() -> int | None:
+    """Bytes glibc's malloc holds from the OS in this process (``mallinfo2``: arena + mmapped), None off glibc.
+
+    Unlike RSS, this leaves out code and data that imports map: it is the heap
+    the studies needed (in use, or freed and kept for reuse, engine/allocator.py).
+    """
+    import ctypes  # noqa: PLC0415
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+        return None
+    fn.restype = _MallInfo2
+    info = fn()
+    return int(info.arena + info.hblkhd)
+
+
 def _reset_peak() -> bool:
     """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
     try:
@@ -98,7 +131,13 @@ def _reset_peak() -> bool:
 
 
 def _run_uncommitted(url: str, key: str, names: list[str]) -> None:
-    """Run ``names`` on study ``key`` in this process without committing anything."""
+    """Run ``names`` on study ``key`` in this process without committing anything.
+
+    With the allocator the engine's tasks run with (``execute_study_stage``
+    calls ``tune_malloc`` first): a warm-up under Dask's untuned thresholds
+    would mmap and unmap its arrays and leave the heap as cold as before.
+    """
+    tune_malloc()
     load_stages()
     store = CohortStore.open(url, mode="r")
     attrs = store.study_attrs(key)
@@ -118,7 +157,46 @@ def _warm(client, names: list[str], url: str, key: str) -> None:
     client.run(_run_uncommitted, url, key, names)
 
 
-def strong_scaling(tmp: Path, patients: int, fov_scale: float) -> None:
+def _bare(url: str, names: list[str], rounds: int) -> float:
+    """Seconds per forced pass of ``names`` over every study, in this process, without Dask (best of ``rounds``)."""
+    load_stages()
+    store = CohortStore.open(url, mode="r+")
+    best = float("inf")
+    for r in range(rounds + 1):  # the first pass warms this process (imports, heap) and is not timed
+        plan = plan_run(store, dict(STAGES), names, config=RunConfig(), force=True, token=f"bare{r}")
+        t0 = time.perf_counter()
+        for key in plan.graph.order:
+            execute_study_stage(plan.jobs[key])
+        if r:
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def machine_ceiling(url: str, names: list[str], rounds: int) -> tuple[float, float]:
+    """(one process alone, two at once) seconds of the same work, without Dask.
+
+    Two processes doing the same numpy/zarr work on two cores contend for
+    memory bandwidth and caches; their ratio is the most any engine can reach
+    here, so it is printed beside the engine's efficiency. Each process has
+    its own copy of the store.
+    """
+    import multiprocessing as mp  # noqa: PLC0415
+
+    copy = f"{url}-copy"
+    shutil.copytree(url, copy)
+    ctx = mp.get_context("spawn")
+    try:
+        with ctx.Pool(1) as pool:
+            alone = pool.apply(_bare, (url, names, rounds))
+        with ctx.Pool(2) as pool:
+            both = [pool.apply_async(_bare, (u, names, rounds)) for u in (url, copy)]
+            together = max(r.get() for r in both)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    return alone, together
+
+
+def strong_scaling(tmp: Path, patients: int, fov_scale: float, rounds: int) -> None:
     from petcohort.pipelines.synthetic import synthesize
 
     load_stages()
@@ -136,38 +214,57 @@ def strong_scaling(tmp: Path, patients: int, fov_scale: float) -> None:
     key = max(sizes, key=sizes.get)
     smallest = min(sizes, key=sizes.get)
     study_bytes = sizes[key]
-    times, mem, busy, steady = {}, {}, {}, {}
-    for n in (1, 2):
-        session = _cluster(n)
-        client = session.client
-        try:
-            _warm(client, names, url, smallest)
-            run_cohort(url, stages=names, client=client)  # untimed: fills caches, first commits
-            reset = all(client.run(_reset_peak).values())
-            before = client.run(_rss)
-            t0 = time.perf_counter()
-            s = run_cohort(url, stages=names, client=client, force=True)
-            times[n] = time.perf_counter() - t0
-            after = client.run(_rss)
-            mem[n] = {w: after[w]["maxrss"] - before[w]["rss"] for w in after}
-            if not reset:
-                print("note: peak RSS could not be reset (not Linux): growth includes earlier peaks")
-            recs = CohortStore.open(url, mode="r").stage_records()
-            busy[n] = sum(r["seconds"] or 0.0 for r in recs.values() if r.get("run") == s.token)
-            if n == 2:  # once more: the heap the first pass grew is reused (engine/allocator.py keeps it)
-                client.run(_reset_peak)
-                again = client.run(_rss)
-                run_cohort(url, stages=names, client=client, force=True)
-                steady = {w: v["maxrss"] - again[w]["rss"] for w, v in client.run(_rss).items()}
-            if s.failed:
-                print(f"note: {len(s.failed)} study-stages failed: {sorted(set(r for *_, r in s.failed))}")
-        finally:
+    times: dict[int, list[float]] = {1: [], 2: []}
+    mem, steady, busy = {}, {}, 0.0
+    sessions = {n: _cluster(n) for n in (1, 2)}
+    try:
+        sessions[2].client.run(load_stages)
+        heap_imported = sessions[2].client.run(_heap)   # the workers' heap before any study
+        for session in sessions.values():
+            _warm(session.client, names, url, smallest)
+        run_cohort(url, stages=names, client=sessions[1].client)  # untimed: fills caches, first commits
+        # Rounds alternate 1 -> 2 and 2 -> 1 workers, both clusters up all along, so
+        # that the drift of a shared machine falls on both sides of each ratio.
+        for r in range(rounds):
+            for n in (1, 2) if r % 2 == 0 else (2, 1):
+                client = sessions[n].client
+                first = n == 2 and not times[2]
+                if first:  # worker memory: the first forced 2-worker pass
+                    reset = all(client.run(_reset_peak).values())
+                    before = client.run(_rss)
+                t0 = time.perf_counter()
+                s = run_cohort(url, stages=names, client=client, force=True)
+                times[n].append(time.perf_counter() - t0)
+                if s.failed:
+                    print(f"note: {len(s.failed)} study-stages failed: {sorted(set(r for *_, r in s.failed))}")
+                if first:
+                    after = client.run(_rss)
+                    mem = {w: after[w]["maxrss"] - before[w]["rss"] for w in after}
+                    if not reset:
+                        print("note: peak RSS could not be reset (not Linux): growth includes earlier peaks")
+                    recs = CohortStore.open(url, mode="r").stage_records()
+                    busy = sum(r["seconds"] or 0.0 for r in recs.values() if r.get("run") == s.token)
+        client = sessions[2].client  # once more: the heap the first pass grew is reused (engine/allocator.py)
+        client.run(_reset_peak)
+        again = client.run(_rss)
+        run_cohort(url, stages=names, client=client, force=True)
+        steady = {w: v["maxrss"] - again[w]["rss"] for w, v in client.run(_rss).items()}
+        heap_end = client.run(_heap)
+    finally:
+        for session in sessions.values():
             session.close()
-    t1, t2 = times[1], times[2]
-    report("scaling_strong_1v2_workers", "2 workers", t2, "1 worker", t1,
-           {"efficiency": t1 / (2 * t2), "work": work, "stages": names, "studies": len(store.study_keys()),
-            "study_bytes_pet_ct": study_bytes})
-    peaks = list(mem[2].values())
+    effs = [t1 / (2 * t2) for t1, t2 in zip(times[1], times[2])]
+    t1, t2 = statistics.median(times[1]), statistics.median(times[2])
+    alone, together = machine_ceiling(url, names, rounds=2)
+    print(f"strong scaling, {rounds} alternating rounds: 1 worker {[round(t, 2) for t in times[1]]} s, "
+          f"2 workers {[round(t, 2) for t in times[2]]} s; efficiency per round {[round(e, 2) for e in effs]}")
+    print(f"the machine without Dask: the same work in one process {alone:.2f} s alone, {together:.2f} s with a "
+          f"second process doing it too: ceiling {alone / together:.2f}")
+    report("scaling_strong_1v2_workers", "2 workers (median)", t2, "1 worker (median)", t1,
+           {"efficiency_median": statistics.median(effs), "efficiency_per_round": effs,
+            "machine_ceiling": alone / together, "work": work, "stages": names,
+            "studies": len(store.study_keys()), "study_bytes_pet_ct": study_bytes})
+    peaks = list(mem.values())
     done = CohortStore.open(url, mode="r")
     all_bytes = sum(done.read_array(key, a).nbytes for a in done.array_names(key))
     print(f"work: {work}")
@@ -177,10 +274,17 @@ def strong_scaling(tmp: Path, patients: int, fov_scale: float) -> None:
           f"{[round(p / study_bytes, 2) for p in peaks]} x the largest study's pet+ct ({study_bytes / 2**20:.1f} MiB)")
     print(f"the same, a second forced run (heap reused): "
           f"{[round(p / study_bytes, 2) for p in steady.values()]} x pet+ct")
-    report("scaling_scheduler_overhead", "wall x 2 workers", t2 * 2, "sum of task seconds", busy[2],
-           {"overhead_share": 1 - busy[2] / (t2 * 2), "worker_peak_rss_growth_bytes": peaks,
+    heap = [heap_end[w] - heap_imported[w] for w in heap_end
+            if heap_end[w] is not None and heap_imported.get(w) is not None]
+    if heap:
+        print(f"per-worker heap (glibc arena + mmapped) after all runs, over the heap once the stages were imported: "
+              f"{[f'{h / 2**20:.0f} MiB' for h in heap]} = {[round(h / study_bytes, 2) for h in heap]} x pet+ct")
+    t_mem = times[2][0]
+    report("scaling_scheduler_overhead", "wall x 2 workers", t_mem * 2, "sum of task seconds", busy,
+           {"overhead_share": 1 - busy / (t_mem * 2), "worker_peak_rss_growth_bytes": peaks,
             "worker_peak_over_study_bytes": [p / study_bytes for p in peaks],
             "worker_peak_over_study_bytes_second_run": [p / study_bytes for p in steady.values()],
+            "worker_heap_over_study_bytes": [h / study_bytes for h in heap],
             "worker_peak_over_all_study_arrays": [p / all_bytes for p in peaks], "study_all_arrays_bytes": all_bytes})
 
 
@@ -231,6 +335,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=3, help="synthetic patients for strong scaling")
     parser.add_argument("--fov-scale", type=float, default=1.0,
                         help="phantom body scale for strong scaling (1 = adult whole body, the demo's size)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating 1- and 2-worker rounds of strong scaling")
     parser.add_argument("--sizes", default="10,100,1000", help="study counts for the per-study costs")
     parser.add_argument("--skip-strong", action="store_true", help="only the per-study costs")
     args = parser.parse_args()
@@ -238,7 +343,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     try:
         if not args.skip_strong:
-            strong_scaling(tmp, args.patients, args.fov_scale)
+            strong_scaling(tmp, args.patients, args.fov_scale, args.rounds)
         per_study_costs(tmp, [int(s) for s in args.sizes.split(",")])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
