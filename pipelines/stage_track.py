@@ -104,43 +104,6 @@ def _apply_registration(transform: dict[str, Any], bl_labels: np.ndarray, battrs
                            keep_labels=True)
 
 
-#: Largest voxel count of an index map (ids 1..n travel through ANTs as float32: exact up to 2**24).
-_MAX_INDEX_VOXELS = 2**24
-
-
-class _Resampler:
-    """Baseline labels onto the follow-up grid, one ANTs call per stage instead of one per source.
-
-    Nearest-neighbour resampling copies, for each follow-up voxel, the
-    baseline voxel its centre maps to (ITK ``NearestNeighborInterpolateImageFunction``,
-    the interpolator :func:`~petcohort.engine.segment.registration.apply_transform`
-    uses for ``keep_labels``): which voxel does not depend on the values.
-    So the flat index (+ 1; 0 = outside the baseline, the default value) of
-    every baseline voxel is resampled once, and each source's labels are
-    gathered through it: the same arrays as resampling each label map.
-    Volumes of 2**24 voxels or more fall back to one call per source.
-    """
-
-    def __init__(self, transform: dict[str, Any], battrs: dict[str, Any], fattrs: dict[str, Any]) -> None:
-        self.transform, self.battrs, self.fattrs = transform, battrs, fattrs
-        self._index: dict[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray] = {}
-
-    def __call__(self, bl_labels: np.ndarray, nbl: int, fu_shape: tuple[int, ...]) -> np.ndarray:
-        """``bl_labels`` (labels 1..``nbl``) resampled onto the follow-up grid of shape ``fu_shape`` (int32)."""
-        if nbl == 0:  # nothing to move: nearest neighbour of an all-zero map is all zero
-            return np.zeros(fu_shape, dtype=np.int32)
-        if bl_labels.size > _MAX_INDEX_VOXELS:
-            return _apply_registration(self.transform, bl_labels, self.battrs, fu_shape, self.fattrs)
-        grids = (tuple(bl_labels.shape), tuple(fu_shape))
-        if grids not in self._index:
-            # float32 (exact below 2**24), the dtype ANTs is handed anyway: no extra whole-volume copy
-            ids = np.arange(1, bl_labels.size + 1, dtype=np.float32).reshape(bl_labels.shape)
-            self._index[grids] = _apply_registration(self.transform, ids, self.battrs, fu_shape, self.fattrs)
-            del ids
-        lookup = np.concatenate([np.zeros(1, np.int32), bl_labels.reshape(-1).astype(np.int32, copy=False)])
-        return lookup[self._index[grids]]
-
-
 @register_stage("track", requires=("threshold", "register"), needs_baseline=("threshold",), applies_to="followup",
                 params=("quantify.connectivity", "tracking", "analysis.sources"))
 def track_stage(ctx: StageContext) -> StageOutput:
@@ -151,7 +114,6 @@ def track_stage(ctx: StageContext) -> StageOutput:
     sources: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     transform = _registration(ctx)
-    resample = None if transform is None else _Resampler(transform, battrs, ctx.attrs)
     truth = _truth_pair(ctx, base)
     for src in study_sources(ctx):
         bsrc = baseline_source(ctx, src)
@@ -163,8 +125,8 @@ def track_stage(ctx: StageContext) -> StageOutput:
         (fu_lab, nfu), (bl_lab, nbl) = (fu.labels, fu.n), (bl.labels, bl.n)
         del fu, bl
         fu_vox = lesion_voxels(fu_lab)   # shared by the matching and the accuracy
-        if resample is not None:
-            bl_reg = resample(bl_lab, nbl, fu_lab.shape)
+        if transform is not None:
+            bl_reg = _apply_registration(transform, bl_lab, battrs, fu_lab.shape, ctx.attrs)
             matches = match_lesions(bl_reg, nbl, fu_lab, nfu, spacing=ctx.spacing,
                                     max_distance_mm=ctx.config.tracking.max_distance_mm,
                                     overlap_min=ctx.config.tracking.overlap_min, fu_voxels=fu_vox)

@@ -223,6 +223,43 @@ def test_label_warp_of_the_mask_box_equals_the_whole_grid_warp():
     assert labelled > 1000                                     # the cases do put labels on the follow-up grid
 
 
+def test_label_ids_resampled_over_their_boxes_equal_the_whole_grid():
+    """``keep_labels`` resamples only the labels' box onto the follow-up box that can take one: the same ids
+    as nearest neighbour over the whole grid, with rotations, translations, integer shifts, a 2:1 spacing
+    ratio (exact half-voxel ties), labels at the grid's edges, and no labels."""
+    from petcohort.engine.kernels.resample import resample_affine
+    from petcohort.engine.segment.rigid import index_affine
+
+    rng = np.random.default_rng(3)
+    labelled = 0
+    for trial in range(24):
+        m_shape, f_shape = tuple(rng.integers(20, 48, 3)), tuple(rng.integers(20, 48, 3))
+        if trial % 6 == 2:   # follow-up voxels half the baseline's: centres fall on baseline half-voxels
+            m_geom, f_geom = Geometry((4.0, 4.0, 4.0), (0.0, 0.0, 0.0)), Geometry((2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+        else:
+            m_geom = Geometry(tuple(rng.uniform(1, 5, 3)), tuple(rng.uniform(-50, 50, 3)))
+            f_geom = Geometry(tuple(rng.uniform(1, 5, 3)), tuple(rng.uniform(-50, 50, 3)))
+        labels = np.zeros(m_shape, np.int32)
+        for i in range(int(rng.integers(0 if trial else 1, 5))):   # trial 0: no labels
+            centre, r = [int(rng.integers(0, s)) for s in m_shape], int(rng.integers(1, 6))
+            labels[tuple(slice(max(0, c - r), c + r) for c in centre)] = i + 1
+        if trial % 5 == 1:
+            labels[0, 0, :] = 7
+            labels[-1, -1, -1] = 8
+        rot = _rotation(rng.normal(0, 10, 3)) if trial % 3 else np.eye(3)
+        shift = rng.normal(0, 20, 3) if trial % 4 else np.round(rng.normal(0, 5, 3))
+        transform = RigidTransform(tuple(rot.ravel()) + tuple(shift),
+                                   tuple(rng.uniform(-20, 20, 3)) if trial % 3 else (0.0, 0.0, 0.0))
+        matrix, offset = index_affine(transform, m_geom, f_geom)
+        whole = resample_affine(labels, matrix, offset, f_shape, order=0, dtype=np.int32)
+        boxed = apply_transform(transform, labels, moving_geom=m_geom, fixed_shape=f_shape, fixed_geom=f_geom,
+                                label=True, keep_labels=True)
+        assert boxed.dtype == np.int32 and boxed.shape == f_shape
+        np.testing.assert_array_equal(boxed, whole)
+        labelled += int(np.count_nonzero(whole))
+    assert labelled > 1000                                     # the cases do put labels on the follow-up grid
+
+
 def test_body_mask_keeps_the_body_and_its_outline_only_where_it_applies():
     from petcohort.engine.segment.reg_schedule import BODY_FRACTION_RANGE, body_mask
 
@@ -264,4 +301,13 @@ def test_label_warp_with_a_degenerate_matrix_falls_back_to_the_whole_grid():
     geom = Geometry((2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
     mask = np.zeros((8, 9, 10), np.uint8)
     mask[0, 2:5, 3:6] = 1
-    assert reg._label_region(flat, mask, geom, (6, 7, 8), geom) == (slice(0, 6), slice(0, 7), slice(0, 8))
+    assert reg._label_region(flat, reg._bbox(mask), geom, (6, 7, 8), geom) == (slice(0, 6), slice(0, 7),
+                                                                                slice(0, 8))
+    from petcohort.engine.kernels.resample import resample_affine
+    from petcohort.engine.segment.rigid import index_affine
+
+    matrix, offset = index_affine(flat, geom, geom)   # label ids: the same as nearest neighbour on the whole grid
+    np.testing.assert_array_equal(
+        apply_transform(flat, mask * 3, moving_geom=geom, fixed_shape=(6, 7, 8), fixed_geom=geom, label=True,
+                        keep_labels=True),
+        resample_affine(mask.astype(np.int32) * 3, matrix, offset, (6, 7, 8), order=0, dtype=np.int32))

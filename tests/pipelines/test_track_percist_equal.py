@@ -1,10 +1,11 @@
 """``track`` and ``percist`` on a synthetic cohort equal their straightforward whole-volume computation.
 
-The stages share work (one ANTs resampling of a baseline voxel-index map for
-all sources, one liver site and one read of each array per study, reductions
+The stages cut work (baseline labels resampled only over the boxes that can
+hold a label, one liver site and one read of each array per study, reductions
 over lesion voxels only); these tests recompute every summary the direct way
-(one nearest-neighbour resampling per source, whole-volume organ rule, the
-liver mask itself) and require identical summaries.
+(nearest-neighbour resampling of each source over the whole follow-up grid,
+whole-volume organ rule, the liver mask itself) and require identical
+summaries.
 """
 from __future__ import annotations
 
@@ -53,9 +54,19 @@ def _summary(store, key, stage):
     return rec["summary"]
 
 
-def test_track_equals_one_resampling_per_source(cohort, monkeypatch):
+def _whole_grid(transform, bl_labels, battrs, fu_shape, fattrs):
+    """Baseline labels resampled over the whole follow-up grid (no boxes)."""
+    from petcohort.engine.kernels.resample import resample_affine
+    from petcohort.engine.segment.rigid import Geometry, RigidTransform, index_affine
+
+    matrix, offset = index_affine(RigidTransform.from_dict(transform), Geometry.from_attrs(battrs),
+                                  Geometry.from_attrs(fattrs))
+    return resample_affine(np.asarray(bl_labels, np.int32), matrix, offset, fu_shape, order=0, dtype=np.int32)
+
+
+def test_track_equals_whole_grid_resampling(cohort, monkeypatch):
     store, contexts = cohort
-    monkeypatch.setattr(stage_track, "_MAX_INDEX_VOXELS", 0)  # every source resampled on its own
+    monkeypatch.setattr(stage_track, "_apply_registration", _whole_grid)
     methods = set()
     for ctx in contexts:
         stored = _summary(store, ctx.key, "track")
