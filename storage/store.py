@@ -22,22 +22,18 @@ Examples
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from petcohort.engine.errors import ConfigError, StoreError
+from petcohort.engine.errors import StoreError
 from petcohort.storage import _commit
 from petcohort.storage._backends import Backend, open_backend, zarr_group
-from petcohort.storage.keys import (ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE, PseudonymKey, fingerprint_matches,
-                                    key_fingerprint, read_key_file, resolve_key, settings, validate_key,
-                                    validate_name, write_key_file)
-from petcohort.storage.keys import pseudonym as _pseudonym
+from petcohort.storage._store_key import FINGERPRINT_ATTR, SECRET_KEY, PseudonymKeyMixin
+from petcohort.storage.keys import PseudonymKey, key_fingerprint, resolve_key, validate_key, validate_name
 from petcohort.storage.lock import LOCK_KEY, StoreLock
 
 if TYPE_CHECKING:
@@ -47,8 +43,6 @@ __all__ = ["FORMAT_VERSION", "STORE_KIND", "CohortStore"]
 
 FORMAT_VERSION: int = 1
 STORE_KIND = "petcohort-cohort-store"
-SECRET_KEY = "pseudonym.key"          # legacy stores only: the key embedded in the store
-FINGERPRINT_ATTR = "pseudonym_key_fingerprint"
 log = logging.getLogger(__name__)
 
 _RECORD_DEFAULTS: dict[str, Any] = {
@@ -90,18 +84,11 @@ def _check_format(meta: dict[str, Any] | None, url: str) -> None:
                                                f"petcohort reads <= {FORMAT_VERSION}: upgrade petcohort")
 
 
-def _set_root_attrs(backend: Backend, attrs: dict[str, Any]) -> None:
-    """Add ``attrs`` to the root group attributes (one atomic PUT of zarr.json)."""
-    meta = _root_meta(backend) or {}
-    meta["attributes"] = {**(meta.get("attributes") or {}), **attrs}
-    backend.put("zarr.json", _json_bytes(meta, "root metadata"))
-
-
 def _reopen(url: str, mode: str, storage_options: dict[str, Any] | None) -> "CohortStore":
     return CohortStore._open_quietly(url, mode, storage_options)
 
 
-class CohortStore:
+class CohortStore(PseudonymKeyMixin):
     """A cohort of PET/CT studies in one Zarr v3 group. Use :meth:`create` or :meth:`open`.
 
     Attributes
@@ -225,6 +212,12 @@ class CohortStore:
             raise StoreError("UNKNOWN_STUDY", f"study {key!r} is not in store {self.url!r}")
         return key
 
+    def _put_root_attrs(self, attrs: dict[str, Any]) -> None:
+        """Add ``attrs`` to the root group attributes (one atomic PUT of zarr.json)."""
+        meta = _root_meta(self._backend) or {}
+        meta["attributes"] = {**(meta.get("attributes") or {}), **attrs}
+        self._backend.put("zarr.json", _json_bytes(meta, "root metadata"))
+
     def cleanup_staging(self) -> None:
         """Remove staging left by killed commits (and temp files of killed record writes)."""
         self._writable("clean up staging")
@@ -232,115 +225,6 @@ class CohortStore:
         for k in self._backend.list_prefix(f"{_commit.RECORDS}/"):
             if k.rsplit("/", 1)[-1].startswith("."):
                 self._backend.delete(k)
-
-    def pseudonym(self, identifier: str, prefix: str = "P") -> str:
-        """Pseudonym of a raw identifier under this store's key (see keys.pseudonym).
-
-        The first call resolves the key and checks it (:meth:`check_pseudonym_key`).
-        """
-        return _pseudonym(identifier, self._checked_key().secret, prefix)
-
-    def check_pseudonym_key(self) -> str:
-        """Resolve the pseudonym key, check it against the store's fingerprint; return where it came from.
-
-        Stores with an embedded key (legacy) use it. Stores with neither an
-        embedded key nor a fingerprint (made with ``PETCOHORT_PSEUDONYM_KEY``
-        before fingerprints existed) record the fingerprint of the key now
-        (mode ``r+``). Only pseudonymising needs the key: workers of a run
-        never resolve it.
-
-        Raises
-        ------
-        StoreError
-            ``PSEUDONYM_KEY_MISMATCH`` (nothing is written),
-            ``NO_PSEUDONYM_KEY`` when no key is configured.
-        ConfigError
-            Key file problems (``PSEUDONYM_KEY_PERMISSIONS``, ...).
-        """
-        return self._checked_key().source
-
-    def _checked_key(self) -> PseudonymKey:
-        if self._key is not None:
-            return self._key
-        if self._embedded is not None:
-            key = PseudonymKey(bytes(self._embedded), f"the key embedded in the store ({SECRET_KEY})")
-        else:
-            key = resolve_key(create=False)
-            if key is None:
-                raise StoreError("NO_PSEUDONYM_KEY", f"store {self.url!r} needs its pseudonym key and none is "
-                                                     f"configured: set {ENV_PSEUDONYM_KEY_FILE} to its key file "
-                                                     f"or {ENV_PSEUDONYM_KEY} to its text")
-        if self._fingerprint is None:
-            if self._embedded is None and self.mode == "r+":
-                self._fingerprint = key_fingerprint(key.secret)
-                _set_root_attrs(self._backend, {FINGERPRINT_ATTR: self._fingerprint})
-                log.info("store %s now records the fingerprint of its pseudonym key", self.url)
-        elif not fingerprint_matches(key.secret, self._fingerprint):
-            raise StoreError("PSEUDONYM_KEY_MISMATCH",
-                             f"store {self.url!r} was made with another pseudonym key than the one from {key.source}; "
-                             "nothing was written. Use the store's own key (set "
-                             f"{ENV_PSEUDONYM_KEY_FILE} to its key file or {ENV_PSEUDONYM_KEY} to its text), "
-                             "or put these studies in a new store")
-        self._key = key
-        return key
-
-    def export_pseudonym_key(self, to: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Move a legacy store's embedded key into a key file and keep only its fingerprint.
-
-        Steps, each safe to repeat after a crash: write the key file (0600,
-        never overwriting another key), read it back and compare, record the
-        fingerprint in the root attributes, and only then delete
-        ``pseudonym.key`` from the store. Runs under the writer lock.
-
-        Parameters
-        ----------
-        to : path, optional
-            Key file to write; the default key file when None.
-
-        Returns
-        -------
-        dict
-            ``key_file`` (str), ``created`` (False when the file already held
-            this key) and ``in_use`` (whether the configured key is now this
-            one, so the store opens without further setting).
-
-        Raises
-        ------
-        StoreError
-            ``NO_EMBEDDED_KEY`` when the store holds no key;
-            ``STORE_READ_ONLY``, ``STORE_LOCKED``.
-        ConfigError
-            ``PSEUDONYM_KEY_FILE_EXISTS`` when the file holds another key.
-        """
-        self._writable("export the pseudonym key")
-        embedded = self._backend.get(SECRET_KEY)
-        if embedded is None:
-            raise StoreError("NO_EMBEDDED_KEY", f"store {self.url!r} holds no {SECRET_KEY}: its pseudonym key "
-                                                "is already outside the store")
-        target = Path(os.path.expanduser(os.fspath(to))) if to is not None else settings().default_file
-        if target is None:
-            raise ConfigError("NO_PSEUDONYM_KEY", "no default key file location (HOME is unset): pass --to FILE")
-        with self.lock("pseudonym key export"):
-            created = write_key_file(target, embedded)
-            if not hmac.compare_digest(read_key_file(target), embedded):   # verify before deleting anything
-                raise StoreError("PSEUDONYM_KEY_MISMATCH", f"{str(target)!r} does not read back as the store's "
-                                                           "key; the store was not changed")
-            if self._fingerprint is None:
-                self._fingerprint = key_fingerprint(embedded)
-                _set_root_attrs(self._backend, {FINGERPRINT_ATTR: self._fingerprint})
-            elif not fingerprint_matches(embedded, self._fingerprint):
-                raise StoreError("PSEUDONYM_KEY_MISMATCH", f"store {self.url!r} holds a key that does not match "
-                                                           "its own fingerprint; the store was not changed")
-            self._backend.delete(SECRET_KEY)
-        self._embedded = None
-        self._key = PseudonymKey(embedded, f"key file {target}", target)
-        try:
-            current = resolve_key(create=False)
-        except ConfigError:
-            current = None
-        in_use = current is not None and hmac.compare_digest(current.secret, embedded)
-        log.info("moved the pseudonym key of store %s to %s", self.url, target)
-        return {"key_file": str(target), "created": created, "in_use": in_use}
 
     # -- studies ------------------------------------------------------------
     def study_keys(self) -> list[str]:
