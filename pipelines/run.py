@@ -4,14 +4,10 @@ Steps (docs/contracts.md, "Execution"):
 
 1. open the store ``r+`` and hold its writer lock for the whole run (a second
    run is refused with ``STORE_LOCKED``);
-2. plan: for each (study, stage) that applies, resolve the config values it
-   reads (``params``), its code fingerprint (``code``: its petcohort modules,
-   library versions, model files; :mod:`petcohort.pipelines.fingerprint`)
-   and its inputs (study attrs and input array names, plus the fingerprints
-   of the records it depends on); a committed record with equal params, code
-   and inputs is skipped unless ``force`` or a stage it depends on is redone
-   in this run. Each redone study-stage gets the reasons why
-   (:attr:`RunPlan.why`, ``petcohort manifest --why``);
+2. plan (:mod:`petcohort.pipelines.plan`): a committed record with equal
+   params, code fingerprint and inputs is skipped unless ``force`` or a
+   stage it depends on is redone in this run; each redone study-stage gets
+   the reasons why (:attr:`RunPlan.why`, ``petcohort manifest --why``);
 3. build the task description (``engine.graph.build_graph``) and submit one
    Dask task per study-stage (``pipelines.run_task.execute_study_stage``); each
    task reads from and commits to the store itself, only a small summary
@@ -25,7 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.util
-import json
 import logging
 import os
 import secrets
@@ -35,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from petcohort.engine.cluster import ClusterSession, connect, load_cluster_config
-from petcohort.engine.graph import StudyGraph, baseline_keys, build_graph, topological_stages
-from petcohort.pipelines.config import RunConfig, config_hash, to_yaml
-from petcohort.pipelines.fingerprint import CodeIndex, code_changes, stage_code
+from petcohort.pipelines.config import RunConfig, to_yaml
+from petcohort.pipelines.fingerprint import CodeIndex
+from petcohort.pipelines.plan import RunPlan, plan_run, stale_study_stages
 from petcohort.pipelines.progress import RunProgress, render_summary
-from petcohort.pipelines.run_task import (StageJob, build_outputs_task, execute_study_stage, input_hash,
-                                          input_parts, record_hash, study_digest)
-from petcohort.pipelines.stages import MODEL_STAGES, STAGES, Stage, default_stages, stage_order
+from petcohort.pipelines.run_task import build_outputs_task, execute_study_stage
+from petcohort.pipelines.stages import MODEL_STAGES, STAGES, default_stages, stage_order
 
 __all__ = ["RunSummary", "RunPlan", "plan_run", "run_cohort", "stale_study_stages", "write_run_config",
            "DEFAULT_CLUSTER_FILE", "RUN_CONFIG_FILE"]
@@ -79,168 +73,6 @@ class RunSummary:
     per_stage: dict[str, dict[str, int]] = field(default_factory=dict)
     token: str = ""
     dashboard: str | None = None
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What a run will do: the task graph, one job per task, the skipped study-stages, and why each job runs.
-
-    ``why`` maps (study, stage) of every job to short reasons, e.g.
-    ``"params quantify.radius_mm: 6.2035 -> 6.0"``,
-    ``"code: module petcohort.engine.kernels.sulpeak changed"``,
-    ``"input study/threshold is redone in this run"``, ``"never run"``.
-    """
-
-    graph: StudyGraph
-    jobs: dict[str, StageJob]
-    skipped: tuple[tuple[str, str], ...]
-    why: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
-
-
-def _code_version() -> str:
-    from petcohort.engine import __version__  # noqa: PLC0415
-
-    return str(__version__)
-
-
-def _json_plain(obj: Any) -> Any:
-    """``obj`` as it reads back from a JSON record (tuples -> lists), so that comparisons are exact."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def _params_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    missing = "(absent)"
-    return [f"params {k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}"
-            for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
-
-
-def _input_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    if not old:
-        return ["inputs changed (the record does not name them)"]
-    out = []
-    for name in sorted(set(old) | set(new)):
-        if old.get(name) != new.get(name):
-            what = "study attrs or input arrays" if name == "study" else name
-            out.append(f"input {what} changed" if name in old and name in new else
-                       f"input {what} {'added' if name in new else 'removed'}")
-    return out or ["inputs changed"]
-
-
-def _why(rec: dict[str, Any] | None, job: StageJob, records: dict, redone: set[tuple[str, str]]) -> list[str]:
-    """Why the study-stage of ``job`` must run, given its record ([] = up to date)."""
-    if rec is None:
-        return ["never run"]
-    if rec.get("status") != "committed":
-        return [f"last attempt failed ({rec.get('reason')})"]
-    if "params" not in rec or "code" not in rec:
-        return [f"record written by petcohort {rec.get('code_version')} holds no params/code fingerprint: "
-                "redone once to record them"]
-    out = _params_changes(rec.get("params") or {}, job.params)
-    if (rec.get("code") or {}).get("digest") != job.code.get("digest"):
-        out += [f"code: {c}" for c in code_changes(rec.get("code"), job.code)]
-    ups = [("study", job.study, r) for r in job.requires] + [("baseline", job.baseline, r)
-                                                             for r in job.baseline_requires]
-    redone_ups = [f"input {role}/{r} is redone in this run" for role, k, r in ups if (k, r) in redone]
-    if redone_ups:
-        return out + redone_ups
-    parts = input_parts(job.inputs, {f"{role}/{r}": records.get((k, r)) for role, k, r in ups})
-    if input_hash(parts) != rec.get("input_hash"):
-        out += _input_changes(rec.get("inputs"), parts)
-    return out
-
-
-def plan_run(store: Any, registry: dict[str, Stage], names: list[str], *, config: RunConfig, force: bool,
-             token: str, code: CodeIndex | None = None) -> RunPlan:
-    """Decide which study-stages to run (see the module docstring, step 2).
-
-    ``code``: the source index the code fingerprints come from (default: the
-    installed petcohort sources; tests pass an edited copy).
-    """
-    # A study whose ingest failed is a placeholder holding only its failure
-    # record (pipelines/ingest.py): nothing to analyse; its follow-ups then
-    # fail with NO_BASELINE.
-    studies = {k: a for k in store.study_keys() if not (a := store.study_attrs(k)).get("ingest_failed")}
-    records = store.stage_records()
-    stage_arrays: dict[str, set[str]] = {}
-    for (study, _stage), rec in records.items():
-        stage_arrays.setdefault(study, set()).update(rec.get("arrays") or ())
-    digests = {k: study_digest(a, store.array_names(k), stage_arrays.get(k, set())) for k, a in studies.items()}
-    base = baseline_keys(studies)
-    version = _code_version()
-    index = code if code is not None else CodeIndex.from_package()
-    order = topological_stages(registry, names)
-    known = stage_order()
-    last_model = max((known.index(m) for m in MODEL_STAGES if m in known), default=len(known))
-    consumers = set(known[last_model + 1:])
-    why: dict[tuple[str, str], tuple[str, ...]] = {}
-    redone: set[tuple[str, str]] = set()
-    skipped: list[tuple[str, str]] = []
-    jobs: dict[tuple[str, str], StageJob] = {}
-
-    def applies(stage: str, attrs: dict[str, Any]) -> bool:
-        return stage not in registry or registry[stage].applies(attrs)
-
-    for name in order:
-        st = registry[name]
-        params = _json_plain(config.params_for(st.params))
-        chash = config_hash(config, st.params)
-        fp = _json_plain(stage_code(st, config, index))
-        for study, attrs in sorted(studies.items()):
-            if not st.applies(attrs):
-                continue
-            b = base[study]
-            inputs: dict[str, str | None] = {"study": digests[study]}
-            if name in consumers:
-                # Stages after the model stages read their seg/* masks without
-                # requiring them (they run without models too): the model
-                # records of the study and its baseline are inputs too.
-                inputs.update({f"{role}/{m}": record_hash(records.get((k, m)))
-                               for role, k in (("study", study), ("baseline", b)) if k is not None
-                               for m in MODEL_STAGES if (k, m) in records})
-            job = StageJob(store_url=store.url, study=study, stage=st, baseline=b,
-                           requires=tuple(r for r in st.requires if applies(r, attrs)),
-                           baseline_requires=tuple(r for r in st.needs_baseline
-                                                   if b is not None and applies(r, studies[b])),
-                           config=config, config_hash=chash, inputs=inputs, code_version=version,
-                           token=token, params=params, code=fp)
-            reasons = ["forced (--force)"] if force else _why(records.get((study, name)), job, records, redone)
-            if not reasons:
-                skipped.append((study, name))
-                continue
-            why[(study, name)] = tuple(reasons)
-            redone.add((study, name))
-            jobs[(study, name)] = job
-    graph = build_graph(registry, studies, selected=order, token=token, skip=skipped)
-    by_key = {t.key: jobs[(t.study, t.stage)] for t in graph.tasks.values()}
-    return RunPlan(graph, by_key, tuple(skipped), why)
-
-
-def stale_study_stages(store: Any, *, config: RunConfig, stages: list[str] | None = None,
-                       code: CodeIndex | None = None) -> list[dict[str, Any]]:
-    """Every study-stage a run with ``config`` would redo, and why (``petcohort manifest --why``).
-
-    Parameters
-    ----------
-    store : CohortStore
-        Read only.
-    config : RunConfig
-        The configuration the next run would use.
-    stages : list of str, optional
-        Stage names (default: as ``run_cohort``: every stage, less the model
-        stages without a model folder).
-    code : CodeIndex, optional
-        Source index (default: the installed sources).
-
-    Returns
-    -------
-    list of dict
-        ``{"study", "stage", "why": [str, ...]}`` in stage then study order.
-    """
-    names = stage_order(list(stages)) if stages is not None else default_stages(config)
-    plan = plan_run(store, dict(STAGES), names, config=config, force=False, token="why", code=code)
-    order = {n: i for i, n in enumerate(names)}
-    return [{"study": study, "stage": stage, "why": list(reasons)}
-            for (study, stage), reasons in sorted(plan.why.items(), key=lambda kv: (order.get(kv[0][1], 0), kv[0]))]
 
 
 def _open_session(cluster_file: str | os.PathLike | None) -> ClusterSession:
