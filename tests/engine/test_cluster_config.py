@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from petcohort.engine import cluster as cl
+from petcohort.engine import cluster_jobs as cj
 from petcohort.engine.errors import ClusterError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -219,7 +220,7 @@ def _squeue(monkeypatch, json_out: str | None, text_out: str = "", text_rc: int 
             return subprocess.CompletedProcess(args, 0 if json_out is not None else 1, json_out or "", "")
         return subprocess.CompletedProcess(args, text_rc, text_out, text_err)
 
-    monkeypatch.setattr(cl, "_run_batch_command", run)
+    monkeypatch.setattr(cj, "_run_batch_command", run)
 
 
 def test_blocked_reason_read_from_squeue_json(monkeypatch):
@@ -229,24 +230,24 @@ def test_blocked_reason_read_from_squeue_json(monkeypatch):
              "state_description": "Job's account not known, so it can't use this partition (p allows a)"},
             {"job_id": 8, "job_state": ["PENDING"], "state_reason": "Resources", "state_description": ""}]
     _squeue(monkeypatch, json.dumps({"jobs": jobs}))
-    assert cl._slurm_job_states(["7", "8"], 5)["8"] == ("PENDING", "Resources", "Resources")  # Slurm >= 23.02
-    why = cl._blocked_jobs("slurm", ["7", "8"], 5)
+    assert cj._slurm_job_states(["7", "8"], 5)["8"] == ("PENDING", "Resources", "Resources")  # Slurm >= 23.02
+    why = cj._blocked_jobs("slurm", ["7", "8"], 5)
     assert why.startswith("SLURM will never start") and "(p allows a)" in why
     jobs[0]["state_reason"] = "Priority"
     _squeue(monkeypatch, json.dumps({"jobs": jobs}))
-    assert cl._blocked_jobs("slurm", ["7", "8"], 5) is None  # waiting in the queue is not an error
-    assert cl._blocked_jobs("pbs", ["7"], 5) is None  # no queue reading for PBS: the deadline only
+    assert cj._blocked_jobs("slurm", ["7", "8"], 5) is None  # waiting in the queue is not an error
+    assert cj._blocked_jobs("pbs", ["7"], 5) is None  # no queue reading for PBS: the deadline only
 
 
 def test_ended_jobs_and_the_text_fallback(monkeypatch):
     _squeue(monkeypatch, None, "7|FAILED|NonZeroExitCode\n8|COMPLETED|None\n")
-    assert "ended (COMPLETED, FAILED)" in cl._blocked_jobs("slurm", ["7", "8"], 5)
+    assert "ended (COMPLETED, FAILED)" in cj._blocked_jobs("slurm", ["7", "8"], 5)
     _squeue(monkeypatch, None, "7|PENDING|InvalidQOS\n")
-    assert "InvalidQOS" in cl._blocked_jobs("slurm", ["7"], 5)
+    assert "InvalidQOS" in cj._blocked_jobs("slurm", ["7"], 5)
     _squeue(monkeypatch, None, "", 1, "slurm_load_jobs error: Invalid job id specified")
-    assert "left the queue" in cl._blocked_jobs("slurm", ["7"], 5)
+    assert "left the queue" in cj._blocked_jobs("slurm", ["7"], 5)
     _squeue(monkeypatch, None, "", 1, "slurm_load_jobs error: Unable to contact slurm controller")
-    assert cl._blocked_jobs("slurm", ["7"], 5) is None  # cannot tell: keep waiting (bounded by the deadline)
+    assert cj._blocked_jobs("slurm", ["7"], 5) is None  # cannot tell: keep waiting (bounded by the deadline)
 
 
 class _Job:
@@ -276,34 +277,34 @@ def test_submit_failure_names_the_batch_systems_message():
     err = RuntimeError("Command exited with non-zero exit code.\nExit code: 1\nCommand:\nsbatch /tmp/x.sh\n"
                        "stdout:\n\nstderr:\nsbatch: error: Batch job submission failed: Invalid account\n")
     with pytest.raises(ClusterError) as exc:
-        cl._submit_now(_FakeCluster([None], err), 5)
+        cj._submit_now(_FakeCluster([None], err), 5)
     assert exc.value.reason == "CLUSTER_SUBMIT_FAILED"
     assert str(exc.value).endswith("Batch job submission failed: Invalid account") and "/tmp" not in str(exc.value)
     with pytest.raises(ClusterError) as exc:
-        cl._submit_now(_FakeCluster([None], TimeoutError()), 5)
+        cj._submit_now(_FakeCluster([None], TimeoutError()), 5)
     assert "within 5 s" in str(exc.value)
     with pytest.raises(ClusterError) as exc:
-        cl._submit_now(_FakeCluster(["12", None]), 5)  # one submission failed in dask-jobqueue's background task
+        cj._submit_now(_FakeCluster(["12", None]), 5)  # one submission failed in dask-jobqueue's background task
     assert "1 of 2" in str(exc.value)
-    cl._submit_now(_FakeCluster(["12", "13"]), 5)
+    cj._submit_now(_FakeCluster(["12", "13"]), 5)
 
 
 def test_batch_commands_are_bounded():
     with pytest.raises(ClusterError) as exc:
-        cl._run_batch_command(["petcohort-no-such-sbatch"], 5)
+        cj._run_batch_command(["petcohort-no-such-sbatch"], 5)
     assert exc.value.reason == "CLUSTER_SUBMIT_FAILED" and "not on PATH" in str(exc.value)
     with pytest.raises(ClusterError) as exc:
-        cl._run_batch_command(["sleep", "30"], 0.2)
+        cj._run_batch_command(["sleep", "30"], 0.2)
     assert exc.value.reason == "CLUSTER_SUBMIT_FAILED" and "0.2 s" in str(exc.value)
 
 
 def test_first_worker_wait_ends_on_a_blocked_job_or_the_deadline(monkeypatch):
     spec = cl.parse_cluster_config({"kind": "slurm", "start_timeout_s": 0.05}).spec
-    monkeypatch.setattr(cl, "_blocked_jobs", lambda kind, ids, timeout_s: f"blocked {ids}")
+    monkeypatch.setattr(cj, "_blocked_jobs", lambda kind, ids, timeout_s: f"blocked {ids}")
     with pytest.raises(ClusterError) as exc:
-        cl._wait_first_worker("slurm", _FakeCluster(["3"]), _NoWorkers(), spec)
+        cj._wait_first_worker("slurm", _FakeCluster(["3"]), _NoWorkers(), spec)
     assert exc.value.reason == "CLUSTER_JOB_BLOCKED" and "['3']" in str(exc.value)
-    monkeypatch.setattr(cl, "_blocked_jobs", lambda kind, ids, timeout_s: None)
+    monkeypatch.setattr(cj, "_blocked_jobs", lambda kind, ids, timeout_s: None)
     with pytest.raises(ClusterError) as exc:
-        cl._wait_first_worker("slurm", _FakeCluster(["3"]), _NoWorkers(), spec)
+        cj._wait_first_worker("slurm", _FakeCluster(["3"]), _NoWorkers(), spec)
     assert exc.value.reason == "CLUSTER_NO_WORKERS" and "0.05 s" in str(exc.value)

@@ -27,6 +27,7 @@ import pytest
 
 import run_test_stages as rts
 from petcohort.engine import cluster as cl
+from petcohort.engine import cluster_jobs as cj
 from petcohort.engine.errors import ClusterError
 from petcohort.pipelines.run import run_cohort
 
@@ -274,7 +275,7 @@ def test_slurm_cohort_matches_local(tmp_path, no_jobs_left):
         assert session.cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         session.client.wait_for_workers(2, timeout=120)
         job_of = session.client.run(lambda: os.environ.get("SLURM_JOB_ID"))
-        assert sorted(job_of.values()) == cl._job_ids(session.cluster)  # each worker is one of our jobs
+        assert sorted(job_of.values()) == cj._job_ids(session.cluster)  # each worker is one of our jobs
         assert all(addr.startswith("tcp://127.0.0.1:") for addr in job_of)
         names = {w["name"] for w in session.client.scheduler_info()["workers"].values()}
         s = run_cohort(store.url, client=session.client, stages=list(rts.NAMES))
