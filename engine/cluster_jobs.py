@@ -9,7 +9,6 @@ logged there and a job that can never start leaves a run waiting for ever.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 import time
@@ -20,9 +19,6 @@ from petcohort.engine.errors import ClusterError
 
 __all__ = ["SLURM_BLOCKED_REASONS", "start_jobs"]
 
-log = logging.getLogger("petcohort.engine.cluster")
-
-# -- batch jobs (slurm / pbs) --------------------------------------------------------------------
 # SLURM job reason codes of a pending job that no amount of waiting resolves
 # (squeue(1), "JOB REASON CODES"): the job must be fixed and resubmitted.
 SLURM_BLOCKED_REASONS = frozenset({"AccountNotAllowed", "InvalidAccount", "InvalidQOS", "QOSNotAllowed",
