@@ -20,7 +20,7 @@ from petcohort.pipelines.fingerprint import CodeIndex, code_changes, stage_code
 from petcohort.pipelines.run_task import StageJob, input_hash, input_parts, record_hash, study_digest
 from petcohort.pipelines.stages import MODEL_STAGES, STAGES, Stage, default_stages, stage_order
 
-__all__ = ["RunPlan", "plan_run", "stale_study_stages"]
+__all__ = ["RunPlan", "plan_run", "refresh_records", "stale_study_stages"]
 
 
 @dataclass(frozen=True)
@@ -92,17 +92,22 @@ def _why(rec: dict[str, Any] | None, job: StageJob, records: dict, redone: set[t
 
 
 def plan_run(store: Any, registry: dict[str, Stage], names: list[str], *, config: RunConfig, force: bool,
-             token: str, code: CodeIndex | None = None) -> RunPlan:
-    """Decide which study-stages to run (see the module docstring, step 2).
+             token: str, code: CodeIndex | None = None,
+             records: dict[tuple[str, str], dict[str, Any]] | None = None) -> RunPlan:
+    """Decide which study-stages to run (see the module docstring).
 
     ``code``: the source index the code fingerprints come from (default: the
-    installed petcohort sources; tests pass an edited copy).
+    installed petcohort sources; tests pass an edited copy). ``records``: the
+    store's stage records as :meth:`~petcohort.storage.store.CohortStore.stage_records`
+    returns them, when the caller holds them current (a run's later phase);
+    read from the store when None. Parsing every record is most of a plan's
+    cost per study (the summaries are in the records).
     """
     # A study whose ingest failed is a placeholder holding only its failure
     # record (pipelines/ingest.py): nothing to analyse; its follow-ups then
     # fail with NO_BASELINE.
     studies = {k: a for k in store.study_keys() if not (a := store.study_attrs(k)).get("ingest_failed")}
-    records = store.stage_records()
+    records = store.stage_records() if records is None else records
     stage_arrays: dict[str, set[str]] = {}
     for (study, _stage), rec in records.items():
         stage_arrays.setdefault(study, set()).update(rec.get("arrays") or ())
@@ -155,6 +160,18 @@ def plan_run(store: Any, registry: dict[str, Stage], names: list[str], *, config
     graph = build_graph(registry, studies, selected=order, token=token, skip=skipped)
     by_key = {t.key: jobs[(t.study, t.stage)] for t in graph.tasks.values()}
     return RunPlan(graph, by_key, tuple(skipped), why)
+
+
+def refresh_records(store: Any, records: dict[tuple[str, str], dict[str, Any]], plan: RunPlan) -> None:
+    """Bring ``records`` (as :meth:`~petcohort.storage.store.CohortStore.stage_records` gave them) up to date
+    after ``plan`` ran, in place: only its study-stages have new records (committed or failed), so only those
+    are read again. A run's later phase plans from them instead of parsing every record of the store."""
+    for study, stage in plan.why:
+        rec = store.stage_record(study, stage)
+        if rec is None:
+            records.pop((study, stage), None)
+        else:
+            records[(study, stage)] = rec
 
 
 def stale_study_stages(store: Any, *, config: RunConfig, stages: list[str] | None = None,

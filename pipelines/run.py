@@ -32,7 +32,7 @@ from typing import Any
 from petcohort.engine.cluster import ClusterSession, connect, load_cluster_config
 from petcohort.pipelines.config import RunConfig, to_yaml
 from petcohort.pipelines.fingerprint import CodeIndex
-from petcohort.pipelines.plan import RunPlan, plan_run, stale_study_stages
+from petcohort.pipelines.plan import RunPlan, plan_run, refresh_records, stale_study_stages
 from petcohort.pipelines.progress import RunProgress, render_summary
 from petcohort.pipelines.run_task import build_outputs_task, execute_study_stage
 from petcohort.pipelines.stages import MODEL_STAGES, STAGES, default_stages, stage_order
@@ -240,7 +240,9 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
     summary = RunSummary(token=token)
     store = CohortStore.open(store_url, mode="r+")
     with store.lock(f"petcohort run {token}"):
-        plan = plan_run(store, dict(STAGES), phases[0], config=config, force=force, token=token, code=code)
+        records = store.stage_records()
+        plan = plan_run(store, dict(STAGES), phases[0], config=config, force=force, token=token, code=code,
+                        records=records)
         summary.skipped = list(plan.skipped)
         log.info("run %s: %d study-stages to run, %d up to date", token, len(plan.jobs), len(plan.skipped))
         session = None
@@ -261,7 +263,9 @@ def run_cohort(store_url: str | os.PathLike, *, cluster_file: str | os.PathLike 
                 if plan.jobs:
                     _collect(client, store, plan, _submit(client, plan), progress, summary)
             for later in phases[1:]:
-                plan = plan_run(store, dict(STAGES), later, config=config, force=force, token=token, code=code)
+                refresh_records(store, records, plan)   # only what the phase ran, not the whole store
+                plan = plan_run(store, dict(STAGES), later, config=config, force=force, token=token, code=code,
+                                records=records)
                 summary.skipped.extend(plan.skipped)
                 log.info("run %s: %d more study-stages to run, %d up to date", token, len(plan.jobs),
                          len(plan.skipped))

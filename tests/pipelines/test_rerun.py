@@ -82,6 +82,28 @@ def test_unchanged_rerun_redoes_nothing(store, registry, names, index):
     assert _run(store, registry, names, code=index, token="tok1").why == {}
 
 
+def test_a_later_phase_plans_from_the_refreshed_records_as_from_the_store(store, registry, names, index):
+    """run_cohort plans its analysis phase from the records it read before the model phase, refreshed only
+    for what that phase ran (``refresh_records``): the same plan as reading every record again."""
+    from petcohort.pipelines.plan import refresh_records
+
+    radius = RunConfig().params_for(["quantify.radius_mm"])["quantify.radius_mm"]
+    config = RunConfig.from_dict({"quantify": {"radius_mm": radius * 0.9}})   # quantify and its dependants
+    records = store.stage_records()
+    first = ["organs", "threshold", "quantify"]
+    plan = plan_run(store, registry, first, config=config, force=False, token="p1", code=index, records=records)
+    assert {stage for _, stage in plan.why} == {"quantify"}
+    for key in plan.graph.order:
+        assert execute_study_stage(plan.jobs[key])["status"] == "committed"
+    refresh_records(store, records, plan)
+    assert records == store.stage_records()
+    later = [n for n in names if n not in first]
+    carried = plan_run(store, registry, later, config=config, force=False, token="p1", code=index, records=records)
+    fresh = plan_run(store, registry, later, config=config, force=False, token="p1", code=index)
+    assert carried.why == fresh.why and carried.skipped == fresh.skipped and carried.why
+    assert {k: j.inputs for k, j in carried.jobs.items()} == {k: j.inputs for k, j in fresh.jobs.items()}
+
+
 def test_records_hold_params_and_code(store, index):
     rec = store.stage_record("P-0000000000-T0", "quantify")
     assert rec["params"] == {"analysis.sources": None, "quantify.connectivity": 26, "quantify.radius_mm": 6.2035}
