@@ -16,7 +16,8 @@ import numpy as np
 from petcohort.engine import backend
 from petcohort.engine.kernels._validate import check_3d, check_connectivity
 
-__all__ = ["label", "label_instances", "label_groups", "lesion_labels", "lesion_voxels", "structure"]
+__all__ = ["bounding_box", "label", "label_instances", "label_groups", "lesion_labels", "lesion_voxels",
+           "structure"]
 
 # connectivity -> rank of scipy.ndimage.generate_binary_structure(3, rank):
 # 1 = faces (6), 2 = faces+edges (18), 3 = faces+edges+corners (26).
@@ -132,6 +133,21 @@ def lesion_labels(mask: Any, instances: Any = None, *, connectivity: int = 26) -
         labels, n = label(mask, connectivity=connectivity)
         return labels, n, None
     return label_instances(instances, connectivity=connectivity)
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the non-zero voxels of a numpy ``mask`` (one slice per axis); None when it has none.
+
+    From the mask's projections on each axis: no coordinate list of every voxel.
+    """
+    nz = mask if mask.dtype == bool else mask != 0
+    out = []
+    for axis in range(nz.ndim):
+        hit = np.flatnonzero(nz.any(axis=tuple(a for a in range(nz.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(out)
 
 
 def lesion_voxels(labels: Any) -> tuple[np.ndarray, np.ndarray]:

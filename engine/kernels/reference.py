@@ -50,6 +50,7 @@ import numpy as np
 from petcohort.engine import backend
 from petcohort.engine.errors import InputError
 from petcohort.engine.kernels._validate import check_3d, check_finite, check_positive, check_same_grid, check_spacing
+from petcohort.engine.kernels.label import bounding_box
 from petcohort.engine.kernels.sphere import sphere_offsets
 
 __all__ = ["Reference", "LiverSite", "liver_site", "liver_reference", "blood_pool_reference",
@@ -102,15 +103,6 @@ def _roi_stats(sul: np.ndarray, centre: tuple[int, int, int], offsets: np.ndarra
     values = sul[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float64)
     sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
     return float(values.mean()), sd, int(values.size)
-
-
-def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of a non-empty mask, from its projections (no coordinate list of every voxel)."""
-    out = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(out)
 
 
 def _depth(mask_crop: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -197,7 +189,7 @@ def liver_site(liver: Any, *, spacing: Sequence[float], diameter_mm: float = 30.
     liver = backend.to_numpy(liver) != 0
     if not liver.any():
         return None
-    crop = _bbox(liver)
+    crop = bounding_box(liver)
     lv = liver[crop]
     depth_map = _depth(lv, spacing)
     ok = depth_map > radius
@@ -270,7 +262,7 @@ def blood_pool_reference(sul: Any, aorta: Any, *, spacing: Sequence[float], lesi
     import scipy.ndimage as ndi  # noqa: PLC0415
 
     offsets = cylinder_offsets(diameter_mm / 2, length_mm, spacing)
-    crop = _bbox(aorta)
+    crop = bounding_box(aorta)
     ao = aorta[crop]
     half = np.abs(offsets).max(axis=0)
     foot = np.zeros(tuple(2 * h + 1 for h in half), dtype=bool)

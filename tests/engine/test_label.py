@@ -46,3 +46,14 @@ def test_same_partition_as_scipy(seed, connectivity, density):
     pairs = set(zip(ours[m].tolist(), ref[m].tolist()))
     assert len(pairs) == n
     assert len({a for a, _ in pairs}) == n and len({b for _, b in pairs}) == n
+
+
+def test_bounding_box_of_the_non_zero_voxels():
+    from petcohort.engine.kernels.label import bounding_box
+
+    mask = np.zeros((5, 6, 7), np.int32)
+    assert bounding_box(mask) is None
+    mask[1, 2, 3] = 4
+    mask[3, 2, 6] = -1                      # any non-zero value counts
+    assert bounding_box(mask) == (slice(1, 4), slice(2, 3), slice(3, 7))
+    assert bounding_box(mask != 0) == bounding_box(mask)

@@ -295,13 +295,14 @@ def test_fast_schedule_samples_the_body_and_records_its_fraction():
 
 
 def test_label_warp_with_a_degenerate_matrix_falls_back_to_the_whole_grid():
+    from petcohort.engine.kernels.label import bounding_box
     from petcohort.engine.segment import registration as reg
 
     flat = RigidTransform((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
     geom = Geometry((2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
     mask = np.zeros((8, 9, 10), np.uint8)
     mask[0, 2:5, 3:6] = 1
-    assert reg._label_region(flat, reg._bbox(mask), geom, (6, 7, 8), geom) == (slice(0, 6), slice(0, 7),
+    assert reg._label_region(flat, bounding_box(mask), geom, (6, 7, 8), geom) == (slice(0, 6), slice(0, 7),
                                                                                 slice(0, 8))
     from petcohort.engine.kernels.resample import resample_affine
     from petcohort.engine.segment.rigid import index_affine
