@@ -139,7 +139,7 @@ def key_export(
 ) -> None:
     """Move a store's embedded pseudonym key into a key file (0600); the store keeps only its fingerprint."""
     setup_logging()
-    from petcohort.storage.keys import ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE
+    from petcohort.storage.key_file import ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE
     from petcohort.storage.store import CohortStore
 
     try:

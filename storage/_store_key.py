@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from petcohort.engine.errors import ConfigError, StoreError
-from petcohort.storage.keys import (ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE, PseudonymKey, fingerprint_matches,
-                                    key_fingerprint, read_key_file, resolve_key, settings, write_key_file)
+from petcohort.storage.key_file import (ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE, PseudonymKey, fingerprint_matches,
+                                        key_fingerprint, read_key_file, resolve_key, settings, write_key_file)
 from petcohort.storage.keys import pseudonym as _pseudonym
 
 __all__ = ["FINGERPRINT_ATTR", "SECRET_KEY", "PseudonymKeyMixin"]

@@ -4,8 +4,9 @@ Layout, chunking, codec and the commit protocol are documented in
 :mod:`petcohort.storage._commit`; byte access per backend (local folder,
 ``memory://NAME``, fsspec URLs such as ``s3://bucket/prefix``) in
 :mod:`petcohort.storage._backends`; the writer lock in
-:mod:`petcohort.storage.lock`; keys, pseudonyms and the pseudonym key in
-:mod:`petcohort.storage.keys`.
+:mod:`petcohort.storage.lock`; keys and pseudonyms in :mod:`petcohort.storage.keys`;
+the pseudonym key in :mod:`petcohort.storage.key_file` (its checks on a store:
+:mod:`petcohort.storage._store_key`).
 
 The pseudonym key lives outside the store; the root attributes keep only
 its fingerprint (``pseudonym_key_fingerprint``), so a store refuses another
@@ -33,7 +34,8 @@ from petcohort.engine.errors import StoreError
 from petcohort.storage import _commit
 from petcohort.storage._backends import Backend, open_backend, zarr_group
 from petcohort.storage._store_key import FINGERPRINT_ATTR, SECRET_KEY, PseudonymKeyMixin
-from petcohort.storage.keys import PseudonymKey, key_fingerprint, resolve_key, validate_key, validate_name
+from petcohort.storage.key_file import PseudonymKey, key_fingerprint, resolve_key
+from petcohort.storage.keys import validate_key, validate_name
 from petcohort.storage.lock import LOCK_KEY, StoreLock
 
 if TYPE_CHECKING:
@@ -125,7 +127,7 @@ class CohortStore(PseudonymKeyMixin):
                storage_options: dict[str, Any] | None = None) -> "CohortStore":
         """Create an empty store (root group, format attrs, fingerprint of the pseudonym key).
 
-        The key comes from :func:`petcohort.storage.keys.resolve_key`; the
+        The key comes from :func:`petcohort.storage.key_file.resolve_key`; the
         default key file is created when no key is configured.
 
         Raises

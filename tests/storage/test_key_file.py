@@ -15,8 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from petcohort.engine.errors import ConfigError, StoreError
-from petcohort.storage.keys import (ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE, key_fingerprint, pseudonym,
-                                    read_key_file, resolve_key, settings, write_key_file)
+from petcohort.storage.key_file import (ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE, key_fingerprint, read_key_file,
+                                        resolve_key, settings, write_key_file)
+from petcohort.storage.keys import pseudonym
 from petcohort.storage.store import FINGERPRINT_ATTR, SECRET_KEY, CohortStore
 
 KEY = "P-0123456789-T0"
@@ -115,7 +116,7 @@ def test_base64_key_text_stands_for_raw_bytes(tmp_path):
 
 
 def test_default_key_file_is_created_once_private_and_announced(no_key, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="petcohort.storage.keys")
+    caplog.set_level(logging.WARNING, logger="petcohort.storage.key_file")
     store = CohortStore.create(tmp_path / "a.zarr")
     assert no_key.is_file() and _mode(no_key) == 0o600 and _mode(no_key.parent) == 0o700
     text = no_key.read_text().strip()

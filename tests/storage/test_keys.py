@@ -7,8 +7,8 @@ import pytest
 
 from petcohort.engine.errors import ConfigError, StoreError
 from petcohort.storage._backends import forget_memory_store
-from petcohort.storage.keys import (ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE, pseudonym, settings,
-                                    split_study_key, study_key, validate_key, validate_name)
+from petcohort.storage.key_file import ENV_PSEUDONYM_KEY, ENV_PSEUDONYM_KEY_FILE, settings
+from petcohort.storage.keys import pseudonym, split_study_key, study_key, validate_key, validate_name
 from petcohort.storage.store import CohortStore
 
 
